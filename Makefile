@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: help setup train test check-sync nbtest pytest docs bench bench-quick clean-venv
+.PHONY: help readme setup train test check-sync nbtest pytest docs bench bench-quick browser
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -24,12 +24,22 @@ check-sync: $(STAMP)  ## fail if nbdev-clean or nbdev-export would change a file
 	bash .ci/check_sync.sh $(BIN)
 
 nbtest: $(STAMP)  ## execute every notebook
-	$(BIN)/nbdev-test --n_workers 1 --timing
+	$(BIN)/nbdev-test --n-workers 2 --timing
 
-pytest: $(STAMP)  ## CLI, bad inputs, end-to-end runs
+browser:  ## headless Chromium for tests/test_docs.py (Debian, as root), when missing
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium not installed: the browser tests of tests/test_docs.py will be skipped"; fi; \
+	fi
+
+pytest: $(STAMP) browser  ## CLI, bad inputs, end-to-end runs, docs site in a browser
 	$(BIN)/python -m pytest -q
 
 test: check-sync nbtest pytest  ## run every test (what .ci/run runs)
+
+readme: $(STAMP)  ## write README.md from nbs/index.ipynb
+	$(BIN)/python docs/readme.py
 
 docs: $(STAMP)  ## build the static docs site into _site/ (offline; no Quarto needed)
 	bash docs/build.sh $(BIN)

@@ -1,0 +1,109 @@
+"The `breakhis-clf` command line: end-to-end runs and one clear line for every user mistake."
+import json, os, subprocess, sys, time
+from pathlib import Path
+import pandas as pd, pytest
+from breakhis_clf.data import leaked_patients
+
+EXE = Path(sys.executable).parent/'breakhis-clf'
+FAST = ['--arch', 'resnet18', '--size', '64', '--bs', '16', '--epochs', '1', '--freeze-epochs', '0', '--num-workers', '0']
+RUN_FILES = ['model.pkl', 'model.safetensors', 'model.json', 'history.csv', 'split.csv', 'metrics.json', 'loss.png',
+             'config.json', 'evaluation']
+
+
+def cli(*args, cwd=None, env=None, timeout=600):
+    "Run `breakhis-clf args...`; return the completed process"
+    e = {**os.environ, 'OMP_NUM_THREADS': '2', **(env or {})}
+    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
+
+
+def one_line_error(p, *needles):
+    "Assert `p` failed with exit 2 and a single `breakhis-clf: error:` line containing `needles`, no traceback"
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    lines = [l for l in p.stderr.splitlines() if l.startswith('breakhis-clf: error:')]
+    assert len(lines) == 1, p.stderr
+    assert 'Traceback' not in p.stderr, p.stderr
+    for n in needles: assert n in lines[0], (n, lines[0])
+
+
+def test_train_end_to_end_writes_every_file(tmp_path, synth_root):
+    p = cli('train', '--data', synth_root, *FAST, '--no-pretrained', '--out', tmp_path/'runs')
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = list((tmp_path/'runs').iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    for f in RUN_FILES: assert (run/f).exists(), f
+    sp = pd.read_csv(run/'split.csv')
+    assert list(sp.columns[:3]) == ['path', 'patient_id', 'label'] and 'is_valid' in sp.columns
+    assert leaked_patients(sp) == [] and sp.is_valid.any() and (~sp.is_valid).any()
+    m = json.loads((run/'metrics.json').read_text())['image_level']
+    assert 0 <= m['accuracy'] <= 1 and m['valid_loss'] > 0
+    assert len(pd.read_csv(run/'history.csv')) == 1
+    cfg = json.loads((run/'config.json').read_text())
+    assert cfg['arch'] == 'resnet18' and cfg['pretrained'] is False and cfg['synthetic'] is True
+    assert (run/'evaluation'/'summary.md').exists()
+
+    # a second run never touches the first
+    before = {f: f.stat().st_mtime_ns for f in run.rglob('*')}
+    p2 = cli('train', '--data', synth_root, *FAST, '--no-pretrained', '--out', tmp_path/'runs')
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    assert len(list((tmp_path/'runs').iterdir())) == 2
+    assert before == {f: f.stat().st_mtime_ns for f in run.rglob('*')}
+
+    # and the run can be used for prediction
+    img = sp.path[0]
+    p3 = cli('predict', '--model', run, img)
+    assert p3.returncode == 0, p3.stderr[-2000:]
+    assert Path(img).name in p3.stdout
+
+
+def test_one_epoch_on_real_sample(tmp_path, sample_root):
+    p = cli('train', '--data', sample_root, *FAST, '--no-pretrained', '--out', tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = next(tmp_path.iterdir())
+    for f in RUN_FILES: assert (run/f).exists(), f
+    assert json.loads((run/'config.json').read_text())['synthetic'] is False
+    assert len(pd.read_csv(run/'split.csv')) == 23
+
+
+def test_offline_weights_error_is_quick_and_clear(tmp_path, sample_root):
+    t = time.time()
+    p = cli('train', '--data', sample_root, '--arch', 'resnet50', '--out', tmp_path/'runs', env={'TORCH_HOME': str(tmp_path/'th')})
+    one_line_error(p, 'resnet50', 'resnet50-', str(tmp_path/'th'), '--no-pretrained')
+    assert time.time() - t < 60
+    assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())  # no half-made run folder
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['train', '--data', '/no/such/folder'], ['/no/such/folder', 'not found']),
+    (['train', '--data', '{empty}'], ['no BreakHis images']),
+    (['train', '--data', '{synth}', '--arch', 'resnet5000'], ['resnet5000', 'unknown architecture']),
+    (['train', '--data', '{synth}', '--weights', '{empty}/w.pth'], ['w.pth']),
+    (['train', '--data', '{synth}', '--split', 'folds'], ['Folds.csv']),
+    (['evaluate', '--model', '/no/such/run'], ['/no/such/run']),
+    (['predict', '--model', '/no/such/run', 'x.png'], ['/no/such/run']),
+])
+def test_bad_arguments_give_one_line(tmp_path, synth_root, args, needles):
+    (tmp_path/'empty').mkdir()
+    args = [a.format(empty=tmp_path/'empty', synth=synth_root) for a in args]
+    p = cli(*args, *(['--out', tmp_path/'runs'] if args[0] == 'train' else []))
+    one_line_error(p, *needles)
+
+
+def test_magnification_without_images(tmp_path):
+    from breakhis_clf.data import make_synthetic_breakhis
+    root = make_synthetic_breakhis(tmp_path, n_patients=4, images_per_patient=1, magnifications=[40], size=(70, 46), progress=False)
+    one_line_error(cli('train', '--data', root, '--magnification', '400', '--out', tmp_path/'runs'), '400X')
+
+
+def test_argparse_rejects_bad_choices():
+    p = cli('train', '--magnification', '50')
+    assert p.returncode == 2 and 'invalid choice' in p.stderr
+
+
+def test_synthetic_fallback_is_announced(tmp_path):
+    "No --data and no BreakHis: a synthetic set is written under the working folder and the run says so"
+    p = cli('train', *FAST, '--no-pretrained', '--no-evaluate', cwd=tmp_path, env={'BREAKHIS_DIR': str(tmp_path/'none')})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'SYNTHETIC' in p.stdout + p.stderr
+    assert (tmp_path/'data'/'breakhis-synthetic'/'BreaKHis_v1'/'SYNTHETIC.txt').exists()
+    assert len(list((tmp_path/'runs').iterdir())) == 1
