@@ -148,22 +148,27 @@ def workers(dls) -> int:
     "Data-loading processes of `dls.train` (fastai keeps the real count on its inner torch loader)"
     return dls.train.fake_l.num_workers
 
+def children_cpu() -> float:
+    "CPU seconds used by this process's finished child processes (e.g. data-loading workers after a pass)"
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
 def loader_rate(dls, min_images:int, device) -> dict:
-    "Images/s of `dls.train` (decode, item and batch transforms) over full passes after a warm-up pass"
+    "Images/s of `dls.train` (decode, item and batch transforms) over full passes, and per CPU-second (workers included)"
     def one_pass():
         n = 0
         for xb,_ in dls.train: n += len(xb)
         return n
     for _ in dls.train: break  # warm-up: first-call code paths
-    rates, total = [], 0
+    rates, cpu_rates, total = [], [], 0
     while total < min_images or len(rates) < 2:
-        n = 0
+        n, c0 = 0, children_cpu()
         def run():
             nonlocal n; n = one_pass()
-        t = timed(run, device)
+        wall, cpu = timed(run, device, cpu=True)
         if n == 0: raise RuntimeError('the training DataLoader yields no batches: use more images or a smaller --bs')
-        rates.append(n/t); total += n
-    return dict(summary(rates), images=total, num_workers=workers(dls), bs=dls.train.bs)
+        rates.append(n/wall); cpu_rates.append(n/(cpu + children_cpu() - c0)); total += n
+    return dict(summary(rates), cpu_time=summary(cpu_rates), images=total, num_workers=workers(dls), bs=dls.train.bs)
 
 # ---------------------------------------------------------------------------------------------------- training
 def plain(t:torch.Tensor) -> torch.Tensor:
@@ -353,14 +358,20 @@ def train_table(tr) -> list:
                  + (f" {fmt(v['cpu_time']['median'], 2)} | {v['cpu_time']['ratio']:.2f} |" if cpu else ''))
     return r
 
-def data_table(data, consume) -> list:
-    r = [f'| Images from | images/s (median) | images/s (best) | workers | ÷ model consumption ({fmt(consume)} img/s) | goal ≥ 3x |',
-         '|---|--:|--:|--:|--:|:-:|']
+def data_table(data, cpu:bool) -> list:
+    "Markdown rows for the loaders: rates and how many times faster than training consumes (per CPU-second on a CPU)"
+    c, cc = data['consumption'], data.get('cpu_consumption')
+    r = [f'| Images from | workers | images/s (median) | images/s (best) | ÷ consumption ({fmt(c)} img/s) |'
+         + (f' images per CPU-second | ÷ consumption per CPU-second ({fmt(cc)}) |' if cpu else '') + ' goal ≥ 3x |',
+         '|---|--:|--:|--:|--:|' + ('--:|--:|' if cpu else '') + ':-:|']
     for k,v in data['loaders'].items():
-        if 'skipped' in v: r.append(f"| {k} | – | – | – | {v['skipped']} | – |"); continue
-        x = v['median']/consume if consume else None
-        r.append(f"| {k} | {fmt(v['median'])} | {fmt(v['best'])} | {v['num_workers']} | "
-                 f"{fmt(x, 2)}x | {'–' if x is None else ('yes' if x >= 3 else 'no')} |")
+        if 'skipped' in v: r.append(f"| {k} | {v['skipped']} |" + ' – |'*(r[1].count('|') - 3)); continue
+        x = v['median']/c if c else None
+        xc = v['cpu_time']['median']/cc if cpu and cc else None
+        ok = xc if cpu else x
+        r.append(f"| {k} | {v['num_workers']} | {fmt(v['median'])} | {fmt(v['best'])} | {fmt(x, 2)}x |"
+                 + (f" {fmt(v['cpu_time']['median'])} | {fmt(xc, 2)}x |" if cpu else '')
+                 + f" {'–' if ok is None else ('yes' if ok >= 3 else 'no')} |")
     return r
 
 LEGEND = ["- *PyTorch loop*: `model(x)`, `F.cross_entropy`, `backward`, `opt.step()`, `opt.zero_grad()` (plus autocast and "
@@ -387,9 +398,11 @@ def summary_rows(res) -> list:
     d = res.get('data')
     if d and d['consumption']:
         for k,v in d['loaders'].items():
-            if 'median' in v:
-                rows.append(f"| Data loading ÷ training consumption, {k} | {v['median']/d['consumption']:.1f}x "
-                            f"({v['median']:.0f} vs {d['consumption']:.0f} images/s) | ≥ 3x |")
+            if 'median' not in v: continue
+            cpu = (f"; per CPU-second {v['cpu_time']['median']/d['cpu_consumption']:.1f}x"
+                   if cfg['device'] == 'cpu' and d.get('cpu_consumption') else '')
+            rows.append(f"| Data loading ÷ training consumption, {k} | {v['median']/d['consumption']:.1f}x "
+                        f"({v['median']:.0f} vs {d['consumption']:.0f} images/s){cpu} | ≥ 3x |")
     inf = res.get('inference')
     if inf and 'skipped' not in inf:
         mem = (f"CUDA peak {inf['cuda_peak_mib']:.0f} MiB" if inf['cuda_peak_mib'] is not None
@@ -437,8 +450,11 @@ def markdown(res) -> str:
         lines += ['', '## Data pipeline: `breakhis_dls` training batches (decode + crop + augmentation + normalise)', '',
                   f"Images per second out of `dls.train`, against what the model consumes in training "
                   f"(fastai `Learner`, {fmt(c)} images/s, from the table above). On a CPU the loader and the model "
-                  f"share the same cores, so both rates are upper bounds for a real epoch.", '']
-        lines += data_table(res['data'], c)
+                  f"share the same cores, so both rates are upper bounds for a real epoch, and on a busy machine the "
+                  f"loader's worker processes get only part of a core each: there the per-CPU-second columns (the "
+                  f"workers' CPU time included) compare the cost of loading an image with the cost of training on it, "
+                  f"whatever else runs.", '']
+        lines += data_table(res['data'], cfg['device'] == 'cpu')
         if p := res['data'].get('preresize'):
             lines += ['', f"`preresize` (one-off, longer side {p['max_size']} px): {p['images']} images in "
                       f"{p['seconds']:.1f} s ({p['images']/p['seconds']:.0f} images/s)."]
@@ -488,7 +504,7 @@ def write_results(res, out) -> Path:
     raise FileExistsError(f"{out}: no free results name for {stem}")
 
 # ---------------------------------------------------------------------------------------------------- main
-def run_data(root, tmp, cfg, consume) -> dict:
+def run_data(root, tmp, cfg, consume=None, cpu_consume=None) -> dict:
     "Loader images/s from the raw PNGs, the `preresize` copy and the real sample"
     res = {}
     min_images = 4*cfg.bs
@@ -506,7 +522,7 @@ def run_data(root, tmp, cfg, consume) -> dict:
         say(f"data: real sample images in {SAMPLE} ...")
         res[key] = loader_rate(split_dls(SAMPLE, cfg, bs=min(cfg.bs, 8), long_epochs=True), min_images, cfg.device)
     else: res[key] = dict(skipped=f"not found at {SAMPLE}")
-    return dict(loaders=res, preresize=pre_s, consumption=consume)
+    return dict(loaders=res, preresize=pre_s, consumption=consume, cpu_consumption=cpu_consume)
 
 def run_sections(cfg, res:dict):
     "Run every section not in `cfg.skip` on one synthetic set, adding their results to `res`"
@@ -514,8 +530,9 @@ def run_sections(cfg, res:dict):
         root = synthetic_set(tmp, cfg)
         dls = split_dls(root, cfg)
         if 'train' not in cfg.skip: res['train'] = bench_train(dls, cfg)
-        consume = res['train']['results']['fastai Learner (defaults)']['images_per_s'] if 'train' in res else None
-        if 'data' not in cfg.skip: res['data'] = run_data(root, tmp, cfg, consume)
+        fa = res['train']['results']['fastai Learner (defaults)'] if 'train' in res else None
+        if 'data' not in cfg.skip:
+            res['data'] = run_data(root, tmp, cfg, *([fa['images_per_s'], fa['cpu_time']['median']*cfg.bs] if fa else []))
         if 'inference' not in cfg.skip:
             paths = sorted(root.rglob('*.png'))
             res['inference'] = bench_inference(dls, [paths[i % len(paths)] for i in range(cfg.inference_images)], tmp, cfg)

@@ -9,7 +9,7 @@ __all__ = ['MODEL_FORMAT', 'FORMAT_VERSION', 'MODEL_FILES', 'preprocessing', 'mo
            'ModelError', 'read_meta', 'load_model', 'image_files', 'class_probs', 'predict', 'predict_lines',
            'predict_cmd']
 
-# %% ../nbs/05_inference.ipynb #da8fc197
+# %% ../nbs/05_inference.ipynb #777b4192
 import json, sys, warnings, contextlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ import breakhis_clf
 from .data import load_rgb, BadImageError, UserError, LABELS, TUMOR_TYPES, IMAGE_EXTS
 from .learner import ARCHS, get_arch
 
-# %% ../nbs/05_inference.ipynb #ef73b42c
+# %% ../nbs/05_inference.ipynb #d2571164
 def _as_size(sz):
     "fastai stores `Resize.size` as (width, height): return [height, width]"
     return [int(sz[1]), int(sz[0])]
@@ -57,7 +57,7 @@ def preprocessing(learn, # a fastai `Learner` whose validation pipeline we recor
     return dict(size=_as_size(rsz.size), resize_method=str(rsz.method), pad_mode=str(rsz.pad_mode),
                 resample=int(rsz.mode), **stats)
 
-# %% ../nbs/05_inference.ipynb #b198d51e
+# %% ../nbs/05_inference.ipynb #f42a9d92
 MODEL_FORMAT = 'breakhis-clf-model' # the `format` field of every `model.json`
 FORMAT_VERSION = 1 # bump when `model.json` changes incompatibly
 MODEL_FILES = ('model.pkl', 'model.safetensors', 'model.json') # what `save_model` writes into a run folder
@@ -85,7 +85,7 @@ def model_meta(learn, # a trained fastai vision `Learner`
                 breakhis_clf_version=breakhis_clf.__version__, fastai_version=fastai.__version__,
                 torch_version=torch.__version__, created=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
-# %% ../nbs/05_inference.ipynb #d18a268d
+# %% ../nbs/05_inference.ipynb #10682d22
 def save_model(learn, # the trained fastai `Learner`
                run_dir:str|Path, # run folder (created if missing); must not already hold a model
                target:str|None=None, # the column the model predicts; guessed from the classes when None
@@ -102,7 +102,7 @@ def save_model(learn, # the trained fastai `Learner`
     (run_dir/'model.json').write_text(json.dumps(meta, indent=2)+'\n')
     return run_dir
 
-# %% ../nbs/05_inference.ipynb #4d474f6f
+# %% ../nbs/05_inference.ipynb #9e9ed9c3
 class BreakHisModel(nn.Module):
     "A network plus the metadata (classes, preprocessing) needed to classify image files with it"
     def __init__(self, model:nn.Module, meta:dict):
@@ -135,7 +135,7 @@ class BreakHisModel(nn.Module):
         "A `BreakHisModel` sharing `learn`'s network"
         return cls(learn.model, model_meta(learn, target))
 
-# %% ../nbs/05_inference.ipynb #d3122769
+# %% ../nbs/05_inference.ipynb #acc89e1c
 class ModelError(UserError):
     "A model folder or file that cannot be loaded"
 
@@ -166,7 +166,7 @@ def read_meta(path:str|Path, # run folder or its `model.json`
     if meta['n_out'] != len(meta['classes']): raise ModelError(f"{fn}: n_out={meta['n_out']} but {len(meta['classes'])} classes")
     return meta
 
-# %% ../nbs/05_inference.ipynb #660fd8c9
+# %% ../nbs/05_inference.ipynb #baf41f9a
 def _network(arch:str, n_out:int)->nn.Module:
     "The fastai vision network `arch` with `n_out` outputs and random weights (nothing downloaded)"
     return create_vision_model(get_arch(arch), n_out, pretrained=False)
@@ -206,7 +206,7 @@ def _load_pickle(path, device):
     except Exception as e: raise ModelError(f"{fn}: cannot be unpickled ({type(e).__name__}: {e})") from None
     return BreakHisModel.from_learner(learn).to(device or default_device())
 
-# %% ../nbs/05_inference.ipynb #e044c67f
+# %% ../nbs/05_inference.ipynb #62e5a910
 def image_files(items, # image files and/or folders
                )->tuple[list, list]:
     "Expand `items` into image paths; also return (path, problem) for those that are missing or hold no images"
@@ -221,7 +221,7 @@ def image_files(items, # image files and/or folders
         else: paths.append(p)
     return paths, errors
 
-# %% ../nbs/05_inference.ipynb #8469eea0
+# %% ../nbs/05_inference.ipynb #be31b6a4
 def class_probs(model:BreakHisModel, # the model to run
                 x:Tensor, # a batch of uint8 images from `BreakHisModel.item`
                 tta:bool=False, # average over the 8 dihedral transforms (flips and 90° rotations)
@@ -232,7 +232,7 @@ def class_probs(model:BreakHisModel, # the model to run
         views = [x.dihedral(k) for k in range(8)] if tta else [x]
         return torch.stack([model(v).float().softmax(-1) for v in views]).mean(0).cpu()
 
-# %% ../nbs/05_inference.ipynb #5e7784ad
+# %% ../nbs/05_inference.ipynb #6e55a299
 def _rows(model, batch, tta):
     "One result row per (path, image tensor or None, problem) in `batch`, in order"
     xs = [x for _,x,_ in batch if x is not None]
@@ -263,7 +263,7 @@ def predict(model:BreakHisModel, # from `load_model`
         rows += _rows(model, [_read(model, p) for p in paths[i:i+bs]], tta)
     return pd.DataFrame(rows, columns=['path','prediction','probability', *[f'p_{c}' for c in model.classes], 'error'])
 
-# %% ../nbs/05_inference.ipynb #fdcf3e16
+# %% ../nbs/05_inference.ipynb #958775ca
 def predict_lines(preds:pd.DataFrame)->tuple[list, list]:
     "Result lines (path, prediction, probability; tab-separated) and problem lines (path: problem) for `preds`"
     ok = preds.error==''

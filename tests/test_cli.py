@@ -73,31 +73,46 @@ def test_offline_weights_error_is_quick_and_clear(tmp_path, sample_root):
     assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())  # no half-made run folder
 
 
+def main_error(capsys, *args):
+    "Run `main(args)` in this process (no interpreter start-up); assert one error line and exit 2; return the line"
+    from breakhis_clf.cli import main
+    rc = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith('breakhis-clf: error:')]
+    assert rc == 2 and len(lines) == 1 and 'Traceback' not in err, (rc, err)
+    return lines[0]
+
+
 @pytest.mark.parametrize('args,needles', [
     (['train', '--data', '/no/such/folder'], ['/no/such/folder', 'not found']),
     (['train', '--data', '{empty}'], ['no BreakHis images']),
     (['train', '--data', '{synth}', '--arch', 'resnet5000'], ['resnet5000', 'unknown architecture']),
     (['train', '--data', '{synth}', '--weights', '{empty}/w.pth'], ['w.pth']),
+    (['train', '--data', '{synth}', '--weights', '{empty}/w.pth', '--no-pretrained'], ['contradict']),
     (['train', '--data', '{synth}', '--split', 'folds'], ['Folds.csv']),
+    (['train', '--data', '{synth}', '--split', 'spanhol', '--fold', '9'], ['--fold 9']),
     (['evaluate', '--model', '/no/such/run'], ['/no/such/run']),
     (['predict', '--model', '/no/such/run', 'x.png'], ['/no/such/run']),
 ])
-def test_bad_arguments_give_one_line(tmp_path, synth_root, args, needles):
+def test_bad_arguments_give_one_line(tmp_path, synth_root, capsys, args, needles):
     (tmp_path/'empty').mkdir()
     args = [a.format(empty=tmp_path/'empty', synth=synth_root) for a in args]
-    p = cli(*args, *(['--out', tmp_path/'runs'] if args[0] == 'train' else []))
-    one_line_error(p, *needles)
+    line = main_error(capsys, *args, *(['--out', tmp_path/'runs'] if args[0] == 'train' else []))
+    for n in needles: assert n in line, (n, line)
+    assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())  # no half-made run folder
 
 
-def test_magnification_without_images(tmp_path):
+def test_magnification_without_images(tmp_path, capsys):
     from breakhis_clf.data import make_synthetic_breakhis
     root = make_synthetic_breakhis(tmp_path, n_patients=4, images_per_patient=1, magnifications=[40], size=(70, 46), progress=False)
-    one_line_error(cli('train', '--data', root, '--magnification', '400', '--out', tmp_path/'runs'), '400X')
+    assert '400X' in main_error(capsys, 'train', '--data', root, '--magnification', '400', '--out', tmp_path/'runs')
 
 
-def test_argparse_rejects_bad_choices():
+def test_entry_point_exit_status_and_usage(tmp_path):
+    "The installed console script: argparse mistakes and user errors both exit 2, with no traceback"
     p = cli('train', '--magnification', '50')
     assert p.returncode == 2 and 'invalid choice' in p.stderr
+    one_line_error(cli('train', '--data', tmp_path/'missing'), 'missing', 'not found')
 
 
 def test_synthetic_fallback_is_announced(tmp_path):
