@@ -41,6 +41,12 @@ def test_train_end_to_end_writes_every_file(tmp_path, synth_root):
     cfg = json.loads((run/'config.json').read_text())
     assert cfg['arch'] == 'resnet18' and cfg['pretrained'] is False and cfg['synthetic'] is True
     assert (run/'evaluation'/'summary.md').exists()
+    assert 'Evaluation: image accuracy' in p.stdout and 'patient accuracy' in p.stdout
+
+    # `evaluate` on the run writes a second report next to the first, never over it
+    pe = cli('evaluate', '--model', run)
+    assert pe.returncode == 0, pe.stderr[-2000:]
+    assert (run/'evaluation-2'/'metrics.json').exists() and 'patient accuracy' in pe.stdout
 
     # a second run never touches the first
     before = {f: f.stat().st_mtime_ns for f in run.rglob('*')}
