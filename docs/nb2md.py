@@ -23,6 +23,12 @@ _img_mimes = {'image/png': 'png', 'image/jpeg': 'jpg', 'image/gif': 'gif', 'imag
 class DocsError(Exception):
     "A notebook that cannot become a docs page, with the file and the reason in the message"
 
+def _flat_html(html:str) -> str:
+    "HTML output with its lines unindented and blank lines dropped, so Markdown never reads it as a code block"
+    html = html.strip()
+    if '<pre' in html: return html
+    return '\n'.join(l.strip() for l in html.splitlines() if l.strip())
+
 def directives(src:str) -> tuple[dict, str]:
     "Split a code cell's leading `#| key: value` lines from its code"
     lines, d = src.splitlines(), {}
@@ -93,10 +99,12 @@ class Page:
         data = o.get('data', {})
         for mime, ext in _img_mimes.items():
             if mime in data: return self.image(data[mime], ext)
+        if 'text/markdown' in data and 'text/html' in data and _s(data['text/markdown']).lstrip().startswith('```html'):
+            data = {k: v for k,v in data.items() if k != 'text/markdown'}  # fastprogress: its Markdown is HTML source
         if 'text/markdown' in data:
             md = self.fix_links(_s(data['text/markdown']))
             return _anchor_showdoc(md) if asis else f'<div class="nb-output" markdown="1">\n\n{md}\n\n</div>'
-        if 'text/html' in data: return f'<div class="nb-output nb-html" markdown="0">\n{_s(data["text/html"]).strip()}\n</div>'
+        if 'text/html' in data: return f'<div class="nb-output nb-html" markdown="0">\n{_flat_html(_s(data["text/html"]))}\n</div>'
         if 'text/plain' in data: return _pre(_s(data['text/plain']), 'nb-result')
         return ''
 
