@@ -87,7 +87,7 @@ def get_args(argv=None) -> argparse.Namespace:
     if bad := a.skip - {'train', 'data', 'inference', 'finetune'}: p.error(f"--skip {','.join(sorted(bad))}: unknown section")
     try: a.image_size = tuple(int(v) for v in a.image_size.lower().split('x'))
     except ValueError: a.image_size = ()
-    if len(a.image_size) != 2 or min(a.image_size) < 1: p.error(f"--image-size: expected WxH, e.g. 700x460")
+    if len(a.image_size) != 2 or min(a.image_size) < 1: p.error("--image-size: expected WxH, e.g. 700x460")
     a.mode = 'quick' if q else 'full'
     return a
 

@@ -6,11 +6,10 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/cli.html.md"""
 
 # %% ../nbs/06_cli.ipynb #e4c7b0b0
 from __future__ import annotations
-import argparse, json, sys, time, platform, warnings
+import argparse, json, sys, time, platform
 from pathlib import Path
 import pandas as pd
 import torch, fastai
-from fastcore.basics import store_attr
 from . import __version__
 from .data import (UserError, MAGNIFICATIONS, breakhis_df, patient_split, spanhol_splits, read_folds,
     folds_split, find_breakhis, default_data_path, make_synthetic_breakhis, is_synthetic, leaked_patients)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
+import matplotlib.pyplot as plt
 from fastcore.basics import listify
 from fastprogress.fastprogress import progress_bar
 

@@ -13,7 +13,7 @@ from fastcore.parallel import parallel
 from fastai.vision.all import (PILImage, ImageBlock, CategoryBlock, DataBlock, ColReader, ColSplitter, Resize,
     ResizeMethod, Dihedral, Brightness, Contrast, Saturation, Hue, Normalize, imagenet_stats, DataLoaders)
 from fastai.vision.utils import resize_to
-from .data import load_rgb, UserError, BadImageError, IMAGE_EXTS, SYNTHETIC_MARKER, patient_split
+from .data import load_rgb, UserError, BadImageError, IMAGE_EXTS, SYNTHETIC_MARKER
 
 # %% auto #0
 __all__ = ['TARGETS', 'RGBImage', 'histo_tfms', 'breakhis_block', 'breakhis_dls', 'preresize']

@@ -14,7 +14,6 @@ from torch import nn
 import matplotlib.pyplot as plt
 from sklearn import metrics as skm
 from fastcore.basics import listify
-from functools import partial
 from fastprogress.fastprogress import progress_bar
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
@@ -611,7 +610,10 @@ def gradcam(learn:Learner, # a trained classifier
             method=GradCAM, # a `pytorch_grad_cam` method, e.g. `GradCAMPlusPlus`
            ) -> np.ndarray:
     "Grad-CAM heatmap of `img` for class `target`: an (H,W) array in [0,1], H,W those of the image the model sees"
-    xb, _ = model_input(learn, img)
+    return _cam(learn, model_input(learn, img)[0], target, layer, method)
+
+def _cam(learn, xb, target=None, layer=None, method=GradCAM):
+    "Grad-CAM heatmap of the batch of one `xb` (from `model_input`)"
     targets = None if target is None else [ClassifierOutputTarget(_class_idx(learn, target))]
     x = xb.as_subclass(torch.Tensor).clone().requires_grad_()  # gradients flow even through a frozen body
     with method(model=learn.model, target_layers=[layer or cam_layer(learn.model)]) as cam:
@@ -627,8 +629,8 @@ def show_gradcam(learn:Learner, # a trained classifier
                  **kwargs, # passed to `gradcam`
                 ):
     "Draw the Grad-CAM heatmap of `img` over the image as the model sees it"
-    _, shown = model_input(learn, img)
-    heat = gradcam(learn, img, target, **kwargs)
+    xb, shown = model_input(learn, img)  # opened and transformed once, for both the picture and the heatmap
+    heat = _cam(learn, xb, target, **kwargs)
     if ax is None: _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(shown)
     ax.imshow(heat, cmap='jet', alpha=alpha, vmin=0, vmax=1)

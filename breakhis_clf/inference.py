@@ -14,7 +14,7 @@ import json, sys, warnings, contextlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np, pandas as pd, torch, fastai
+import pandas as pd, torch, fastai
 from torch import nn, Tensor
 from fastcore.basics import first, risinstance
 from fastprogress.fastprogress import progress_bar

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np, pandas as pd, torch
+import pandas as pd, torch
 import sklearn.metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 from torchvision.models import get_model_weights

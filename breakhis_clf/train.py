@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import *
 from fastai.callback.channelslast import ChannelsLast
 from .data import UserError
-from .learner import param_groups_df
 
 # %% auto #0
 __all__ = ['seed_everything', 'PhaseCSVLogger', 'LossRecorder', 'monitor_names', 'train', 'plot_loss_history', 'save_loss_plot']

@@ -1,5 +1,4 @@
 "Data layer: file names, the real sample, patient-wise splits, the synthetic set, bad inputs."
-import warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image
@@ -181,3 +180,13 @@ def test_preresize_never_writes_into_source(tmp_path, synth_root):
     assert len(df) == len(breakhis_df(synth_root))
     assert max(Image.open(df.path[0]).size) == 60
     with pytest.raises(UserError): preresize(synth_root, synth_root/'x')
+
+
+def test_stats_and_plot_from_the_package(synth_root):
+    "`plot_stats` works for a programmer who imports the package (not only inside the notebook)"
+    import matplotlib; matplotlib.use('Agg')
+    df = breakhis_df(synth_root)
+    st = dataset_stats(df)
+    assert st['label'].images.sum() == len(df) and st['label'].patients.sum() == df.patient_id.nunique()
+    fig = plot_stats(df)
+    assert len(fig.axes) == 4 and sum(len(a.patches) for a in fig.axes[:3]) == 2 + 8 + 4

@@ -1,5 +1,5 @@
 "Saving, safe loading and prediction (`breakhis_clf.inference`), including every kind of bad input"
-import json, pickle, shutil, warnings
+import json, pickle, shutil
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, torch
@@ -9,7 +9,7 @@ from breakhis_clf.data import UserError, make_synthetic_breakhis, breakhis_df, p
 from breakhis_clf.datablock import breakhis_dls
 from breakhis_clf.learner import breakhis_learner
 from breakhis_clf.inference import (MODEL_FILES, FORMAT_VERSION, ModelError, BreakHisModel, save_model, load_model,
-                                    read_meta, image_files, class_probs, predict, predict_lines, predict_cmd)
+                                    class_probs, predict, predict_lines, predict_cmd)
 
 
 @pytest.fixture(scope='module')

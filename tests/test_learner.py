@@ -1,6 +1,5 @@
 "Tests for `breakhis_clf.learner`: arch names, offline-safe weights, metrics, the frozen learner."
 import socket, time, warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np, pytest, torch
@@ -10,7 +9,6 @@ from fastai.torch_core import to_detach
 
 from breakhis_clf.data import UserError, make_synthetic_breakhis, breakhis_df, patient_split
 from breakhis_clf.datablock import breakhis_dls
-from breakhis_clf import learner as L_
 from breakhis_clf.learner import *
 
 
