@@ -8,12 +8,12 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/datablock.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import warnings, shutil
+from .data import load_rgb, UserError, BadImageError, IMAGE_EXTS, SYNTHETIC_MARKER  # first: silences a torch.jit warning
 import pandas as pd
 from fastcore.parallel import parallel
 from fastai.vision.all import (PILImage, ImageBlock, CategoryBlock, DataBlock, ColReader, ColSplitter, Resize,
-    ResizeMethod, Dihedral, Brightness, Contrast, Saturation, Hue, Normalize, imagenet_stats, DataLoaders)
+    ResizeMethod, Dihedral, Brightness, Contrast, Saturation, Hue, DataLoaders)
 from fastai.vision.utils import resize_to
-from .data import load_rgb, UserError, BadImageError, IMAGE_EXTS, SYNTHETIC_MARKER
 
 # %% auto #0
 __all__ = ['TARGETS', 'RGBImage', 'histo_tfms', 'breakhis_block', 'breakhis_dls', 'preresize']
@@ -32,16 +32,15 @@ def histo_tfms(size:int=224, # side of the square crop fed to the model
                max_saturation:float=0.1, # saturation jitter
                max_hue:float=0., # hue jitter (fraction of the colour wheel); 0: off (slow on a CPU), try 0.03 on a GPU
                p_lighting:float=0.75, # probability of each colour change
-               aug:bool=True, # False: no augmentation, only crop and normalisation
+               aug:bool=True, # False: no augmentation, only the crop
               ) -> tuple:
-    "Item and batch transforms for H&E histology: crop, dihedral flips/rotations, mild colour jitter, ImageNet stats"
+    "Item and batch transforms for H&E histology: crop, dihedral flips/rotations, mild colour jitter"
     item_tfms = [Resize(size, method=ResizeMethod.Crop)]
     batch_tfms = []
     if aug:
         batch_tfms += [Dihedral(p=0.5), Brightness(max_lighting, p=p_lighting), Contrast(max_lighting, p=p_lighting),
                        Saturation(max_saturation, p=p_lighting)]
         if max_hue: batch_tfms.append(Hue(max_hue, p=p_lighting))
-    batch_tfms.append(Normalize.from_stats(*imagenet_stats))
     return item_tfms, batch_tfms
 
 # %% ../nbs/01_datablock.ipynb #33c063ee

@@ -1,4 +1,4 @@
-"""Honest metrics at image and patient level, bootstrap confidence intervals, plots, and Grad-CAM heatmaps.
+"""Honest metrics at image and patient level, bootstrap confidence intervals over patients, and a report folder.
 
 Docs: https://breakhis-clf.github.io/breakhis-clf/evaluate.html.md"""
 
@@ -10,19 +10,15 @@ import json, warnings
 from pathlib import Path
 
 import numpy as np, pandas as pd, torch, sklearn
-from torch import nn
 import matplotlib.pyplot as plt
 from sklearn import metrics as skm
 from fastcore.basics import listify
 from fastprogress.fastprogress import progress_bar
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .data import LABELS, UserError, breakhis_df, parse_name
 from .datablock import RGBImage
-from .inference import BreakHisModel, load_model, predict
 
 # %% auto #0
 __all__ = ['POSITIVE', 'REPORT_FILES', 'META_COLS', 'class_names', 'is_binary', 'truth_col', 'class_codes', 'roc_auc',
@@ -30,8 +26,7 @@ __all__ = ['POSITIVE', 'REPORT_FILES', 'META_COLS', 'class_names', 'is_binary', 
            'by_group', 'bootstrap_counts', 'resample_patients', 'bootstrap_ci', 'accuracy_metrics', 'weighted_auc',
            'weighted_metrics', 'resampled_stats', 'report_ci', 'evaluation_report', 'plot_confusion', 'plot_roc',
            'plot_by_group', 'markdown_table', 'summary_markdown', 'check_report_dir', 'write_report',
-           'predictions_table', 'predictions_df', 'evaluate', 'fresh_dir', 'read_split', 'model_predictions',
-           'evaluate_run', 'cam_layer', 'model_input', 'gradcam', 'show_gradcam', 'plot_gradcams']
+           'predictions_table', 'predictions_df', 'evaluate']
 
 # %% ../nbs/04_evaluate.ipynb #147ae5bb
 POSITIVE = 'malignant'  # the positive class of the binary task (ROC curves, AUC, patient malignant score)
@@ -503,156 +498,3 @@ def evaluate(learn:Learner, # a trained classifier
     rep = evaluation_report(preds, n_boot=n_boot, seed=seed, progress=progress)
     if out is not None: write_report(preds, rep, out)
     return rep
-
-# %% ../nbs/04_evaluate.ipynb #d05933dd
-def fresh_dir(path) -> Path:
-    "`path` if it is missing or empty, else the first missing `path-2`, `path-3`, ..."
-    path = Path(path)
-    cands = (path if i == 1 else path.with_name(f'{path.name}-{i}') for i in range(1, 10_000))
-    return next(p for p in cands if not p.exists() or (p.is_dir() and not any(p.iterdir())))
-
-def read_split(fn) -> pd.DataFrame:
-    "The `split.csv` of a run folder, checked"
-    fn = Path(fn)
-    if not fn.exists(): raise UserError(f"{fn}: missing (a run folder written by `breakhis-clf train` has one)")
-    df = pd.read_csv(fn, dtype={'patient_id': str})
-    if missing := [c for c in (*META_COLS, 'is_valid') if c not in df.columns]:
-        raise UserError(f"{fn}: lacks column(s) {', '.join(missing)}")
-    return df.assign(is_valid=df['is_valid'].astype(bool))
-
-def _run_items(run_dir, data):
-    "The images to evaluate a run on: its validation rows, or the images under `data` (warning on seen patients)"
-    split = read_split(run_dir/'split.csv') if data is None or (run_dir/'split.csv').exists() else None
-    if data is None:
-        items = split[split.is_valid]
-        if (gone := [p for p in items.path if not Path(p).exists()]):
-            raise UserError(f"{len(gone)} validation image(s) listed in {run_dir/'split.csv'} are missing, e.g. {gone[0]}; "
-                            "pass the data folder (--data PATH) to evaluate on the images there")
-        return items
-    items = breakhis_df(data)
-    if split is not None and (seen := sorted(set(items.patient_id) & set(split.patient_id[~split.is_valid]))):
-        warnings.warn(f"{len(seen)} of the {items.patient_id.nunique()} patients in {data} were used for training "
-                      f"(e.g. {seen[0]}): their numbers will be optimistic")
-    return items
-
-def model_predictions(model:BreakHisModel, # a loaded model, from `breakhis_clf.inference.load_model`
-                      items:pd.DataFrame, # a table from `breakhis_df` (`is_valid` rows only, if it has that column)
-                      bs:int=32, # images per batch
-                      progress:bool=True, # show a progress bar
-                     ) -> tuple:
-    "The predictions table of `model` on `items` (without TTA), and a (path, error) table of the images it could not read"
-    df = _items_table(items)
-    keys = [str(Path(p)) for p in df['path']]
-    res = predict(model, keys, bs=bs, tta=False, progress=progress)
-    bad = res.loc[res['error'] != '', ['path', 'error']].drop_duplicates().reset_index(drop=True)
-    ok = res[res['error'] == ''].drop_duplicates('path').set_index('path')
-    keep = np.array([k in ok.index for k in keys], dtype=bool)
-    if not keep.any(): raise UserError(f"none of the {len(df)} images could be read, e.g. {bad.path[0]}: {bad.error[0]}")
-    probs = ok.loc[[k for k,m in zip(keys, keep) if m], [f'p_{c}' for c in model.classes]].to_numpy()
-    return predictions_table(df[keep], probs, model.classes), bad
-
-def _warn_skipped(bad, n_show=10):
-    "Warn, naming them, about the images that could not be read"
-    names = '; '.join(f'{p}: {e}' for p,e in bad.head(n_show).itertuples(index=False))
-    warnings.warn(f"{len(bad)} image(s) could not be read and were left out of the evaluation: {names}"
-                  + (f"; and {len(bad) - n_show} more (see skipped.csv)" if len(bad) > n_show else ''), stacklevel=3)
-
-def evaluate_run(run_dir, # a run folder written by `breakhis-clf train` (holds the saved model and split.csv)
-                 data=None, # evaluate on the BreakHis images under this folder instead of the run's validation split
-                 out=None, # new report folder (default: a fresh `run_dir/evaluation`)
-                 n_boot:int=1000, # bootstrap resamples for the confidence intervals
-                 safe:bool=True, # load the safe form (no unpickling); `False`: `model.pkl` with `load_learner` (trusted runs only!)
-                 bs:int=32, # images per batch
-                 progress:bool=True, # show progress bars
-                ) -> dict:
-    "Evaluate the model of a training run and write its report folder; what `breakhis-clf evaluate` does"
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir(): raise UserError(f"{run_dir}: run folder not found")
-    out = check_report_dir(out) if out is not None else fresh_dir(run_dir/'evaluation')
-    model = load_model(run_dir, safe=safe)
-    items = _run_items(run_dir, data)
-    preds, bad = model_predictions(model, items, bs=bs, progress=progress)
-    if len(bad): _warn_skipped(bad)
-    rep = evaluation_report(preds, n_boot=n_boot, progress=progress)
-    write_report(preds, rep, out)
-    if len(bad): bad.to_csv(out/'skipped.csv', index=False)
-    return {**rep, 'out': str(out), 'skipped': bad.to_dict(orient='records')}
-
-# %% ../nbs/04_evaluate.ipynb #ff4edd0c
-def cam_layer(model:nn.Module) -> nn.Module:
-    "The layer Grad-CAM explains: the last block of a fastai vision model's body (ResNet's `layer4`), else the last conv"
-    if isinstance(model, nn.Sequential) and isinstance(model[0], nn.Sequential): return model[0][-1]
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs: raise ValueError(f"no convolution layer in {type(model).__name__}: pass `layer=`")
-    return convs[-1]
-
-def model_input(learn:Learner, # a trained classifier
-                img, # an image file, or a PIL image
-               ) -> tuple:
-    "`img` as the model sees it (validation transforms): a batch of one, and the decoded (H,W,3) uint8 picture"
-    dl = learn.dls.test_dl([RGBImage.create(img)], num_workers=0)
-    xb = dl.one_batch()[0]
-    shown = dl.decode((xb,))[0][0]
-    return xb, shown.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-
-def _class_idx(learn, target):
-    "Index of `target` (a class name or index) in `learn`'s vocab"
-    vocab = [str(c) for c in learn.dls.vocab]
-    if isinstance(target, str):
-        if target not in vocab: raise UserError(f"class {target!r} is not one of the model's classes {vocab}")
-        return vocab.index(target)
-    return int(target)
-
-def gradcam(learn:Learner, # a trained classifier
-            img, # an image file, or a PIL image
-            target=None, # class to explain (name or index); None: the predicted class
-            layer:nn.Module|None=None, # layer to explain; default: `cam_layer(learn.model)`
-            method=GradCAM, # a `pytorch_grad_cam` method, e.g. `GradCAMPlusPlus`
-           ) -> np.ndarray:
-    "Grad-CAM heatmap of `img` for class `target`: an (H,W) array in [0,1], H,W those of the image the model sees"
-    return _cam(learn, model_input(learn, img)[0], target, layer, method)
-
-def _cam(learn, xb, target=None, layer=None, method=GradCAM):
-    "Grad-CAM heatmap of the batch of one `xb` (from `model_input`)"
-    targets = None if target is None else [ClassifierOutputTarget(_class_idx(learn, target))]
-    x = xb.as_subclass(torch.Tensor).clone().requires_grad_()  # gradients flow even through a frozen body
-    with method(model=learn.model, target_layers=[layer or cam_layer(learn.model)]) as cam:
-        return cam(input_tensor=x, targets=targets)[0]
-
-# %% ../nbs/04_evaluate.ipynb #8f90b83f
-def show_gradcam(learn:Learner, # a trained classifier
-                 img, # an image file, or a PIL image
-                 target=None, # class to explain (name or index); None: the predicted class
-                 ax=None, # matplotlib axes to draw on
-                 alpha:float=0.45, # opacity of the heatmap
-                 title:str|None=None, # axes title
-                 **kwargs, # passed to `gradcam`
-                ):
-    "Draw the Grad-CAM heatmap of `img` over the image as the model sees it"
-    xb, shown = model_input(learn, img)  # opened and transformed once, for both the picture and the heatmap
-    heat = _cam(learn, xb, target, **kwargs)
-    if ax is None: _, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(shown)
-    ax.imshow(heat, cmap='jet', alpha=alpha, vmin=0, vmax=1)
-    ax.set_axis_off()
-    if title: ax.set_title(title, fontsize='small')
-    return ax
-
-def plot_gradcams(learn:Learner, # a trained classifier
-                  preds:pd.DataFrame, # its predictions table (e.g. from `predictions_df`)
-                  n:int=3, # images per row
-                  **kwargs, # passed to `show_gradcam`
-                 ) -> plt.Figure:
-    "Grad-CAM of the `n` most confident correct and the `n` most confident wrong predictions"
-    conf = preds[_prob_cols(preds)].max(axis=1)
-    right = preds[truth_col(preds)] == preds['prediction']
-    rows = [(what, preds[sel].assign(conf=conf[sel]).nlargest(n, 'conf')) for what,sel in (('correct', right), ('wrong', ~right))]
-    rows = [(w,d) for w,d in rows if len(d)]
-    fig, axs = plt.subplots(len(rows), n, figsize=(3*n, 3.2*len(rows)), squeeze=False)
-    for r,(what,d) in enumerate(rows):
-        for c,ax in enumerate(axs[r]):
-            if c >= len(d): ax.set_axis_off(); continue
-            o = d.iloc[c]
-            show_gradcam(learn, o.path, ax=ax, title=f"{what}: {o[truth_col(preds)]} -> {o.prediction} ({o.conf:.2f})", **kwargs)
-    fig.tight_layout()
-    return fig

