@@ -11,7 +11,7 @@ as its last line, `fastai/torch train ratio: X.XX` = fastai steps/s divided by p
 1.00 means no overhead, 0.95 is the goal's limit. See bench/README.md for what is measured and why.
 """
 from __future__ import annotations
-import argparse, contextlib, copy, inspect, io, json, math, os, platform, resource, shlex, shutil, statistics
+import argparse, contextlib, copy, io, json, math, os, platform, resource, shlex, shutil, statistics
 import subprocess, sys, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
@@ -353,9 +353,9 @@ def bench_finetune(tmp, cfg, arch:str='resnet50', unique_per_patient:int=2, imag
     "Time the package's two-phase `train` (1 frozen + the CLI's unfrozen epochs) of `arch` on a BreakHis-sized set"
     try:
         from breakhis_clf.train import train
-        from breakhis_clf.cli import train_run
+        from breakhis_clf.cli import run_defaults
     except ImportError as e: return dict(skipped=f"breakhis_clf.train / .cli are not available yet ({e})")
-    d = {**{k: v.default for k,v in inspect.signature(train_run).parameters.items()}, **overrides}
+    d = {**run_defaults(synthetic=False), **overrides}  # the CLI's settings for real data: 224 px, 1+3 epochs
     say(f"finetune: writing {cfg.finetune_images} synthetic {image_size[0]}x{image_size[1]} PNGs ...")
     t = time.perf_counter()
     root = breakhis_sized(Path(tmp)/'breakhis', cfg.finetune_images, unique_per_patient, image_size)

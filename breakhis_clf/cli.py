@@ -16,6 +16,8 @@ from .data import (UserError, MAGNIFICATIONS, breakhis_df, patient_split, spanho
 from .datablock import breakhis_dls, TARGETS
 from .learner import ARCHS, breakhis_learner, resolve_weights, pretrained_arch
 from .train import train, save_loss_plot
+from .evaluate import evaluate
+from .inference import save_model, evaluate_run, predict_cmd
 
 # %% auto #0
 __all__ = ['SYNTHETIC_DIR', 'SPLITS', 'find_data', 'make_split', 'pick_model', 'new_run_dir', 'run_defaults', 'headline',
@@ -104,6 +106,34 @@ def headline(report:dict) -> str:
     return ', '.join(f"{k.replace('_', ' ')} {v:.3f}" for k,v in report['headline'].items() if isinstance(v, float) and v == v)
 
 # %% ../nbs/07_cli.ipynb #c235c561
+def _check_args(arch, target, magnification):
+    "Refuse an unknown architecture, target or magnification before anything is read or written"
+    if arch is not None and arch not in ARCHS:
+        raise UserError(f"--arch {arch}: unknown architecture; choose one of {', '.join(sorted(ARCHS))}")
+    if target not in TARGETS: raise UserError(f"--target {target}: one of {', '.join(TARGETS)}")
+    if magnification is not None and magnification not in MAGNIFICATIONS:
+        raise UserError(f"--magnification {magnification}: one of {', '.join(map(str, MAGNIFICATIONS))}")
+
+def _settings(synthetic, pretrained, **given) -> dict:
+    "size, bs, freeze_epochs, epochs and lr of a run: those `given` (not None), else `run_defaults(synthetic)`"
+    s = {k: run_defaults(synthetic)[k] if v is None else v for k,v in given.items()}
+    if not pretrained: s['freeze_epochs'] = 0  # from scratch there is no pretrained body to protect
+    return s
+
+def _finish(learn, run, df, target, synthetic, report, log):
+    "Save the loss plot, the model (both forms) and the final metrics of a trained run; evaluate it if `report`"
+    save_loss_plot(learn, run/'loss.png')
+    save_model(learn, run, target=target)
+    with learn.no_bar(): vals = learn.validate()
+    metrics = dict(zip(['valid_loss', *[m.name for m in learn.metrics]], [float(v) for v in vals]))
+    (run/'metrics.json').write_text(json.dumps(dict(image_level=metrics, synthetic=synthetic), indent=2) + '\n')
+    log('Validation: ' + ', '.join(f"{k} {v:.4f}" for k,v in metrics.items()))
+    if report:
+        rep = evaluate(learn, df[df.is_valid], out=run/'evaluation')
+        log(f"Evaluation: {headline(rep)}")
+        log(f"Evaluation report: {run/'evaluation'/'summary.md'}")
+
+# %% ../nbs/07_cli.ipynb #5d106ebd
 def train_run(data=None, # BreakHis folder; None: the default location, else a synthetic set
               arch:str|None=None, # a name in `ARCHS`; None: see `pick_model`
               size:int|None=None, # side of the square crops; None: see `run_defaults`
@@ -125,63 +155,46 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
               log=print, # where messages go
              ) -> Path:
     "Train a BreakHis classifier end to end and write everything into a new run folder; return it"
-    if arch is not None and arch not in ARCHS:
-        raise UserError(f"--arch {arch}: unknown architecture; choose one of {', '.join(sorted(ARCHS))}")
-    if target not in TARGETS: raise UserError(f"--target {target}: one of {', '.join(TARGETS)}")
-    if magnification is not None and magnification not in MAGNIFICATIONS:
-        raise UserError(f"--magnification {magnification}: one of {', '.join(map(str, MAGNIFICATIONS))}")
+    _check_args(arch, target, magnification)
     data,synthetic = find_data(data, log=log)
-    df = breakhis_df(data, magnifications=magnification)
-    df = make_split(df, split, data, fold, valid_pct, seed, target)
-    arch,wfile = pick_model(arch, pretrained, weights, synthetic, log)
-    dflt = run_defaults(synthetic)
-    if synthetic and any(v is None for v in (size, bs, freeze_epochs, epochs, lr)):
-        log(f"Synthetic demo settings: {arch}, {', '.join(f'{k} {v}' for k,v in dflt.items())} (pass --size, --bs, --epochs ... to choose).")
-    size,bs,lr = size or dflt['size'],bs or dflt['bs'],lr or dflt['lr']
-    epochs = epochs if epochs is not None else dflt['epochs']
-    freeze_epochs = freeze_epochs if freeze_epochs is not None else dflt['freeze_epochs']
+    df = make_split(breakhis_df(data, magnifications=magnification), split, data, fold, valid_pct, seed, target)
+    arch,wfile = pick_model(arch, pretrained, weights, synthetic, log)  # before the run folder: a weights error leaves nothing
+    given = dict(size=size, bs=bs, freeze_epochs=freeze_epochs, epochs=epochs, lr=lr)
+    hp = _settings(synthetic, pretrained, **given)
+    if synthetic and None in given.values():
+        log(f"Synthetic demo settings: {arch}, {', '.join(f'{k} {v}' for k,v in hp.items())} (pass --size, --bs, --epochs ... to choose).")
     run = new_run_dir(out, arch, target)
     log(f"Run folder: {run}")
-    n_tr,n_va = (~df.is_valid).sum(),df.is_valid.sum()
-    log(f"{len(df)} images of {df.patient_id.nunique()} patients from {data}: {n_tr} for training, {n_va} for "
-        f"validation ({df[df.is_valid].patient_id.nunique()} patients, none of them in training)")
+    log(f"{len(df)} images of {df.patient_id.nunique()} patients from {data}: {(~df.is_valid).sum()} for training, "
+        f"{df.is_valid.sum()} for validation ({df[df.is_valid].patient_id.nunique()} patients, none of them in training)")
     df[['path','patient_id','label','tumor_type','magnification','is_valid']].to_csv(run/'split.csv', index=False)
-    config = dict(data=str(data), synthetic=synthetic, arch=arch, size=size, bs=bs, epochs=epochs,
-                  freeze_epochs=freeze_epochs if pretrained else 0, lr=lr, magnification=magnification,
-                  target=target, split=split, fold=fold, valid_pct=valid_pct, seed=seed,
-                  pretrained=pretrained, weights=str(wfile) if wfile else None, versions=dict(breakhis_clf=__version__,
-                  fastai=fastai.__version__, torch=torch.__version__, python=platform.python_version()))
+    config = dict(data=str(data), synthetic=synthetic, arch=arch, pretrained=pretrained, weights=str(wfile) if wfile else None,
+                  **hp, magnification=magnification, target=target, split=split, fold=fold, valid_pct=valid_pct, seed=seed,
+                  versions=dict(breakhis_clf=__version__, fastai=fastai.__version__, torch=torch.__version__,
+                                python=platform.python_version()))
     (run/'config.json').write_text(json.dumps(config, indent=2) + '\n')
-    dls = breakhis_dls(df, size=size, bs=bs, target=target, num_workers=num_workers, seed=seed)
+    dls = breakhis_dls(df, size=hp['size'], bs=hp['bs'], target=target, num_workers=num_workers, seed=seed)
     learn = breakhis_learner(dls, arch, pretrained=pretrained, weights=wfile, seed=seed, path=run)
-    if pretrained: train(learn, epochs=epochs, freeze_epochs=freeze_epochs, base_lr=lr, out=run, seed=seed)
-    else:  # from scratch there is no pretrained body to protect: no frozen phase, one learning rate for all layers
-        train(learn, epochs=epochs, freeze_epochs=0, base_lr=lr, lr_mult=1, out=run, seed=seed)
-    save_loss_plot(learn, run/'loss.png')
-    from breakhis_clf.inference import save_model
-    save_model(learn, run, target=target)
-    vals = learn.validate()
-    metrics = dict(zip(['valid_loss', *[m.name for m in learn.metrics]], [float(v) for v in vals]))
-    (run/'metrics.json').write_text(json.dumps(dict(image_level=metrics, synthetic=synthetic), indent=2) + '\n')
-    log('Validation: ' + ', '.join(f"{k} {v:.4f}" for k,v in metrics.items()))
-    if evaluate:
-        from breakhis_clf.evaluate import evaluate as _evaluate
-        rep = _evaluate(learn, df[df.is_valid], out=run/'evaluation')
-        log(f"Evaluation: {headline(rep)}")
-        log(f"Evaluation report: {run/'evaluation'/'summary.md'}")
+    train(learn, epochs=hp['epochs'], freeze_epochs=hp['freeze_epochs'], base_lr=hp['lr'],
+          lr_mult=100 if pretrained else 1, out=run, seed=seed)  # from scratch: one learning rate for all layers
+    _finish(learn, run, df, target, synthetic, evaluate, log)
     return run
 
 # %% ../nbs/07_cli.ipynb #bd212505
+def _dflt(k):
+    "Help text for a setting's default, real data and synthetic demo"
+    return f"(default: {run_defaults(False)[k]}; synthetic demo: {run_defaults(True)[k]})"
+
 def _train_args(p):
     a = p.add_argument
     a('--data', help='BreakHis folder (BreaKHis_v1, a parent or a child, or a flat folder); default: $BREAKHIS_DIR or '
       '~/.breakhis, else a synthetic dataset')
     a('--arch', help='a torchvision ResNet (default: resnet50) or efficientnet_lite0 (ImageNet weights included, no download)')
-    a('--size', type=int, help='side of the square crops in pixels (default: 224)')
-    a('--bs', type=int, help='batch size (default: 32)')
-    a('--epochs', type=int, help='epochs with the whole network unfrozen (default: 3)')
-    a('--freeze-epochs', type=int, default=None, help='epochs training only the new head first (default: 1)')
-    a('--lr', type=float, default=None, help='base learning rate, as in fastai fine_tune (default: 2e-3)')
+    a('--size', type=int, help=f'side of the square crops in pixels {_dflt("size")}')
+    a('--bs', type=int, help=f'batch size {_dflt("bs")}')
+    a('--epochs', type=int, help=f'epochs with the whole network unfrozen {_dflt("epochs")}')
+    a('--freeze-epochs', type=int, default=None, help=f'epochs training only the new head first {_dflt("freeze_epochs")}')
+    a('--lr', type=float, default=None, help=f'base learning rate, as in fastai fine_tune {_dflt("lr")}')
     a('--magnification', type=int, choices=MAGNIFICATIONS, help='use one magnification only')
     a('--target', default='label', choices=TARGETS, help='label: benign/malignant; tumor_type: 8 classes')
     a('--split', default='patient', choices=SPLITS, help='patient-wise split (default), Spanhol trials, or Kaggle folds')
@@ -203,15 +216,12 @@ def _train_cmd(args):
     return 0
 
 def _evaluate_cmd(args):
-    from breakhis_clf.inference import evaluate_run
     rep = evaluate_run(args.model, data=args.data, out=args.out)
     print(f"Evaluation: {headline(rep)}")
     print(f"Evaluation report: {Path(rep['out'])/'summary.md'}")
     return 0
 
-def _predict_cmd(args):
-    from breakhis_clf.inference import predict_cmd
-    return predict_cmd(args.model, args.paths, csv=args.csv, tta=args.tta, bs=args.bs)
+def _predict_cmd(args): return predict_cmd(args.model, args.paths, csv=args.csv, tta=args.tta, bs=args.bs)
 
 # %% ../nbs/07_cli.ipynb #d3e379af
 def build_parser() -> argparse.ArgumentParser:
@@ -222,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     t = sub.add_parser('train', help='train a classifier (two-phase fine-tuning) and evaluate it',
         epilog='Synthetic demo: with no --data and no BreakHis in $BREAKHIS_DIR or ~/.breakhis, a synthetic dataset is '
-               'written to data/breakhis-synthetic and the defaults shrink to fit a CPU: 128 px, batches of 16, 2 frozen and 2 unfrozen '
-               'epochs at base rate 1e-2; when the ResNet-50 ImageNet weights are not available offline, the pretrained '
-               'efficientnet_lite0 (its weights come with the package) is fine-tuned instead.')
+               'written to data/breakhis-synthetic and the defaults shrink to fit a CPU: {size} px, batches of {bs}, {freeze_epochs} '
+               'frozen and {epochs} unfrozen epochs at base rate {lr}; when the ResNet-50 ImageNet weights are not available '
+               '(offline), the pretrained efficientnet_lite0 (its weights come with the package) is fine-tuned instead.'.format(**run_defaults(True)))
     _train_args(t); t.set_defaults(func=_train_cmd)
     e = sub.add_parser('evaluate', help='evaluate a trained run at image and patient level')
     e.add_argument('--model', required=True, help='run folder written by `train`')

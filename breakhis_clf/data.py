@@ -1,4 +1,4 @@
-"""File names, folders, honest patient-wise splits, a synthetic stand-in, and image checks.
+"""Real breast tissue under the microscope, what a BreakHis file name says, a table of the dataset, honest patient-wise splits, and a synthetic stand-in.
 
 Docs: https://breakhis-clf.github.io/breakhis-clf/data.html.md"""
 
@@ -17,104 +17,15 @@ from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['TUMOR_TYPES', 'BENIGN_TYPES', 'MALIGNANT_TYPES', 'LABELS', 'MAGNIFICATIONS', 'IMAGE_EXTS', 'SYNTHETIC_MARKER',
-           'BREAKHIS_URL', 'KAGGLE_DATASET', 'UserError', 'BadImageError', 'BreakHisName', 'parse_name', 'breakhis_df',
-           'synthetic_tile', 'breakhis_relpath', 'make_synthetic_breakhis', 'is_synthetic', 'patient_split',
-           'spanhol_splits', 'leaked_patients', 'image_split_leak', 'read_folds', 'folds_split', 'default_data_path',
-           'find_breakhis', 'get_breakhis', 'load_rgb', 'check_images', 'dataset_stats', 'plot_stats']
-
-# %% ../nbs/00_data.ipynb #bf69971e
-class UserError(ValueError):
-    "An error caused by the user's input (a path, a file, an argument): its message says what to fix."
-
-class BadImageError(UserError):
-    "An image file that cannot be used, with the file and the problem in the message"
-    def __init__(self, path, problem):
-        self.path,self.problem = Path(path),problem
-        super().__init__(f"{path}: {problem}")
-
-# %% ../nbs/00_data.ipynb #a20f18fb
-TUMOR_TYPES = dict(A='adenosis', F='fibroadenoma', PT='phyllodes_tumor', TA='tubular_adenoma',
-                   DC='ductal_carcinoma', LC='lobular_carcinoma', MC='mucinous_carcinoma', PC='papillary_carcinoma')
-BENIGN_TYPES = ('A', 'F', 'PT', 'TA')
-MALIGNANT_TYPES = ('DC', 'LC', 'MC', 'PC')
-LABELS = ('benign', 'malignant')
-MAGNIFICATIONS = (40, 100, 200, 400)
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
-
-# %% ../nbs/00_data.ipynb #c53eca83
-_name_re = re.compile(r'^(?P<biopsy>SOB)_(?P<cls>[BM])_(?P<type>[A-Z]{1,2})-(?P<patient>\d{2}-[0-9A-Za-z]+)'
-                      r'-(?P<mag>\d{2,3})-(?P<seq>\d{1,4})\.png$', re.IGNORECASE)
-
-class BreakHisName(NamedTuple):
-    "What a BreakHis file name says about its image"
-    label: str          # 'benign' or 'malignant'
-    tumor_type: str     # type code: A, F, PT, TA, DC, LC, MC or PC
-    tumor_name: str     # type name, e.g. 'adenosis'
-    patient_id: str     # e.g. '14-22549AB'
-    magnification: int  # 40, 100, 200 or 400
-    seq: int            # image number for this patient and magnification
-
-def parse_name(fname) -> BreakHisName:
-    "Parse a BreakHis file name such as `SOB_B_A-14-22549AB-40-001.png`"
-    name = Path(fname).name
-    m = _name_re.match(name)
-    if m is None: raise UserError(f"{fname}: not a BreakHis file name (expected e.g. SOB_B_A-14-22549AB-40-001.png)")
-    cls,tt,mag = m['cls'].upper(),m['type'].upper(),int(m['mag'])
-    if tt not in TUMOR_TYPES: raise UserError(f"{fname}: unknown tumour type {tt!r} (one of {', '.join(TUMOR_TYPES)})")
-    if mag not in MAGNIFICATIONS: raise UserError(f"{fname}: unknown magnification {mag} (one of {MAGNIFICATIONS})")
-    label = 'benign' if cls=='B' else 'malignant'
-    if (tt in BENIGN_TYPES) != (label=='benign'):
-        raise UserError(f"{fname}: class {cls} does not match tumour type {tt} ({TUMOR_TYPES[tt]})")
-    return BreakHisName(label, tt, TUMOR_TYPES[tt], m['patient'].upper(), mag, int(m['seq']))
-
-# %% ../nbs/00_data.ipynb #9fafdbfe
-_patient_dir_re = re.compile(r'^SOB_([BM])_([A-Z]{1,2})_(\d{2}-[0-9A-Za-z]+)$', re.IGNORECASE)
-
-def _folder_mismatch(p:Path, r:BreakHisName):
-    "The first folder of `p` that contradicts its file name `r`, as a message, or None"
-    for d in p.parent.parts[-6:]:
-        dl = d.lower()
-        if dl in LABELS and dl != r.label: return f"in folder {d!r} but its name says {r.label}"
-        if dl in TUMOR_TYPES.values() and dl != r.tumor_name: return f"in folder {d!r} but its name says {r.tumor_name}"
-        if re.fullmatch(r'\d{2,3}x', dl) and int(dl[:-1]) != r.magnification:
-            return f"in folder {d!r} but its name says {r.magnification}X"
-        m = _patient_dir_re.match(d)
-        if m and (m[2].upper() != r.tumor_type or m[3].upper() != r.patient_id):
-            return f"in patient folder {d!r} but its name says {r.tumor_type}, patient {r.patient_id}"
-
-# %% ../nbs/00_data.ipynb #c0f5c64c
-def _find_files(path:Path):
-    "All files under `path` (a folder), skipping hidden ones"
-    return sorted(p for p in path.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(path).parts))
-
-def breakhis_df(path, # a `BreaKHis_v1` folder, a parent or child of it, or a flat folder of BreakHis files
-                magnifications=None, # keep only these magnifications (e.g. `[40]`); all when None
-               ) -> pd.DataFrame:
-    "A table of the BreakHis images under `path`, one row per image, with what the file names say"
-    path = Path(path).expanduser()
-    if not path.exists(): raise FileNotFoundError(f"{path}: folder not found")
-    if not path.is_dir(): raise UserError(f"{path}: not a folder")
-    mags = None if magnifications is None else [int(m) for m in listify(magnifications)]
-    if mags and (bad := [m for m in mags if m not in MAGNIFICATIONS]):
-        raise UserError(f"magnification {bad[0]} is not one of {MAGNIFICATIONS}")
-    rows,skipped = [],[]
-    for p in _find_files(path):
-        if p.suffix.lower() not in IMAGE_EXTS: continue
-        try: r = parse_name(p)
-        except UserError: skipped.append(p); continue
-        if (msg := _folder_mismatch(p, r)): raise UserError(f"{p}: {msg}")
-        rows.append(dict(path=str(p.resolve()), **r._asdict()))
-    if skipped:
-        warnings.warn(f"{len(skipped)} file(s) under {path} are not BreakHis images and were left out: "
-                      + ', '.join(str(s.relative_to(path)) for s in skipped[:10]) + (' ...' if len(skipped)>10 else ''))
-    if not rows: raise UserError(f"{path}: no BreakHis images found (expected names like SOB_B_A-14-22549AB-40-001.png)")
-    df = pd.DataFrame(rows)
-    if mags:
-        df = df[df.magnification.isin(mags)]
-        if df.empty: raise UserError(f"{path}: no images at magnification {', '.join(f'{m}X' for m in mags)}")
-    return df.sort_values(['label','tumor_type','patient_id','magnification','seq']).reset_index(drop=True)
+           'BREAKHIS_URL', 'KAGGLE_DATASET', 'SEARCH_ROOTS', 'synthetic_tile', 'BreakHisName', 'parse_name',
+           'breakhis_relpath', 'make_synthetic_breakhis', 'is_synthetic', 'breakhis_df', 'rel_paths', 'dataset_stats',
+           'plot_stats', 'patient_split', 'leaked_patients', 'spanhol_splits', 'image_split_leak', 'UserError',
+           'BadImageError', 'read_folds', 'folds_split', 'default_data_path', 'find_breakhis', 'get_breakhis',
+           'load_rgb', 'check_images']
 
 # %% ../nbs/00_data.ipynb #2fc064b1
+# Synthetic H&E-like tiles: the stand-in for real tissue when the BreakHis sample is absent.
+# Defined first so that the opening figures can use them; explained in "Synthetic tissue" below.
 _H = np.array([70., 40., 120.])    # haematoxylin: nuclei, blue-purple
 _E = np.array([225., 140., 185.])  # eosin: stroma and cytoplasm, pink
 
@@ -174,6 +85,41 @@ def synthetic_tile(malignant:bool, # draw malignant (True) or benign (False) tis
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 4, (h,w,1))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
+# %% ../nbs/00_data.ipynb #a20f18fb
+TUMOR_TYPES = dict(A='adenosis', F='fibroadenoma', PT='phyllodes_tumor', TA='tubular_adenoma',
+                   DC='ductal_carcinoma', LC='lobular_carcinoma', MC='mucinous_carcinoma', PC='papillary_carcinoma')
+BENIGN_TYPES = ('A', 'F', 'PT', 'TA')
+MALIGNANT_TYPES = ('DC', 'LC', 'MC', 'PC')
+LABELS = ('benign', 'malignant')
+MAGNIFICATIONS = (40, 100, 200, 400)
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
+
+# %% ../nbs/00_data.ipynb #c53eca83
+_name_re = re.compile(r'^(?P<biopsy>SOB)_(?P<cls>[BM])_(?P<type>[A-Z]{1,2})-(?P<patient>\d{2}-[0-9A-Za-z]+)'
+                      r'-(?P<mag>\d{2,3})-(?P<seq>\d{1,4})\.png$', re.IGNORECASE)
+
+class BreakHisName(NamedTuple):
+    "What a BreakHis file name says about its image"
+    label: str          # 'benign' or 'malignant'
+    tumor_type: str     # type code: A, F, PT, TA, DC, LC, MC or PC
+    tumor_name: str     # type name, e.g. 'adenosis'
+    patient_id: str     # e.g. '14-22549AB'
+    magnification: int  # 40, 100, 200 or 400
+    seq: int            # image number for this patient and magnification
+
+def parse_name(fname) -> BreakHisName:
+    "Parse a BreakHis file name such as `SOB_B_A-14-22549AB-40-001.png`"
+    name = Path(fname).name
+    m = _name_re.match(name)
+    if m is None: raise UserError(f"{fname}: not a BreakHis file name (expected e.g. SOB_B_A-14-22549AB-40-001.png)")
+    cls,tt,mag = m['cls'].upper(),m['type'].upper(),int(m['mag'])
+    if tt not in TUMOR_TYPES: raise UserError(f"{fname}: unknown tumour type {tt!r} (one of {', '.join(TUMOR_TYPES)})")
+    if mag not in MAGNIFICATIONS: raise UserError(f"{fname}: unknown magnification {mag} (one of {MAGNIFICATIONS})")
+    label = 'benign' if cls=='B' else 'malignant'
+    if (tt in BENIGN_TYPES) != (label=='benign'):
+        raise UserError(f"{fname}: class {cls} does not match tumour type {tt} ({TUMOR_TYPES[tt]})")
+    return BreakHisName(label, tt, TUMOR_TYPES[tt], m['patient'].upper(), mag, int(m['seq']))
+
 # %% ../nbs/00_data.ipynb #0d034623
 def breakhis_relpath(r:BreakHisName, seq:int|None=None) -> Path:
     "Where the official layout puts the image described by `r`, relative to `BreaKHis_v1`"
@@ -222,6 +168,80 @@ def is_synthetic(path) -> bool:
     path = Path(path).resolve()
     return any((d/SYNTHETIC_MARKER).exists() or (d/'BreaKHis_v1'/SYNTHETIC_MARKER).exists() for d in [path, *path.parents])
 
+# %% ../nbs/00_data.ipynb #9fafdbfe
+_patient_dir_re = re.compile(r'^SOB_([BM])_([A-Z]{1,2})_(\d{2}-[0-9A-Za-z]+)$', re.IGNORECASE)
+
+def _folder_mismatch(p:Path, r:BreakHisName):
+    "The first folder of `p` that contradicts its file name `r`, as a message, or None"
+    for d in p.parent.parts[-6:]:
+        dl = d.lower()
+        if dl in LABELS and dl != r.label: return f"in folder {d!r} but its name says {r.label}"
+        if dl in TUMOR_TYPES.values() and dl != r.tumor_name: return f"in folder {d!r} but its name says {r.tumor_name}"
+        if re.fullmatch(r'\d{2,3}x', dl) and int(dl[:-1]) != r.magnification:
+            return f"in folder {d!r} but its name says {r.magnification}X"
+        m = _patient_dir_re.match(d)
+        if m and (m[2].upper() != r.tumor_type or m[3].upper() != r.patient_id):
+            return f"in patient folder {d!r} but its name says {r.tumor_type}, patient {r.patient_id}"
+
+# %% ../nbs/00_data.ipynb #c0f5c64c
+def _find_files(path:Path):
+    "All files under `path` (a folder), skipping hidden ones"
+    return sorted(p for p in path.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(path).parts))
+
+def breakhis_df(path, # a `BreaKHis_v1` folder, a parent or child of it, or a flat folder of BreakHis files
+                magnifications=None, # keep only these magnifications (e.g. `[40]`); all when None
+               ) -> pd.DataFrame:
+    "A table of the BreakHis images under `path`, one row per image, with what the file names say"
+    path = Path(path).expanduser()
+    if not path.exists(): raise FileNotFoundError(f"{path}: folder not found")
+    if not path.is_dir(): raise UserError(f"{path}: not a folder")
+    mags = None if magnifications is None else [int(m) for m in listify(magnifications)]
+    if mags and (bad := [m for m in mags if m not in MAGNIFICATIONS]):
+        raise UserError(f"magnification {bad[0]} is not one of {MAGNIFICATIONS}")
+    rows,skipped = [],[]
+    for p in _find_files(path):
+        if p.suffix.lower() not in IMAGE_EXTS: continue
+        try: r = parse_name(p)
+        except UserError: skipped.append(p); continue
+        if (msg := _folder_mismatch(p, r)): raise UserError(f"{p}: {msg}")
+        rows.append(dict(path=str(p.resolve()), **r._asdict()))
+    if skipped:
+        warnings.warn(f"{len(skipped)} file(s) under {path} are not BreakHis images and were left out: "
+                      + ', '.join(str(s.relative_to(path)) for s in skipped[:10]) + (' ...' if len(skipped)>10 else ''))
+    if not rows: raise UserError(f"{path}: no BreakHis images found (expected names like SOB_B_A-14-22549AB-40-001.png)")
+    df = pd.DataFrame(rows)
+    if mags:
+        df = df[df.magnification.isin(mags)]
+        if df.empty: raise UserError(f"{path}: no images at magnification {', '.join(f'{m}X' for m in mags)}")
+    return df.sort_values(['label','tumor_type','patient_id','magnification','seq']).reset_index(drop=True)
+
+# %% ../nbs/00_data.ipynb #654c81ba
+def rel_paths(df:pd.DataFrame, # a table with a `path` column, e.g. from `breakhis_df`
+              root, # the folder to make paths relative to, e.g. the `BreaKHis_v1` folder
+             ) -> pd.DataFrame:
+    "A copy of `df` with `path` relative to `root`, for display"
+    root = Path(root).resolve()
+    return df.assign(path=df.path.map(lambda p: str(Path(p).resolve().relative_to(root))))
+
+# %% ../nbs/00_data.ipynb #0f2c72a2
+def dataset_stats(df:pd.DataFrame) -> dict:
+    "Counts of images and patients by class, tumour type and magnification"
+    def _t(col):
+        return df.groupby(col).agg(images=('path','size'), patients=('patient_id','nunique'))
+    return dict(label=_t('label'), tumor_type=_t(['label','tumor_type']), magnification=_t('magnification'),
+                per_patient=df.groupby('patient_id').size().describe())
+
+def plot_stats(df:pd.DataFrame, figsize=(14, 3.5)):
+    "Bar charts of images per class, tumour type and magnification, and a histogram of images per patient"
+    fig,axs = plt.subplots(1, 4, figsize=figsize)
+    df.label.value_counts().sort_index().plot.bar(ax=axs[0], title='images per class', color=['tab:green','tab:red'])
+    df.tumor_name.value_counts().sort_index().plot.bar(ax=axs[1], title='images per tumour type')
+    df.magnification.value_counts().sort_index().plot.bar(ax=axs[2], title='images per magnification')
+    df.groupby('patient_id').size().plot.hist(ax=axs[3], bins=20, title='images per patient')
+    for a in axs[:3]: a.set_xlabel('')
+    plt.tight_layout()
+    return fig
+
 # %% ../nbs/00_data.ipynb #d4611192
 def _patient_strata(df, by='label'):
     "Each patient's stratum: its most frequent value of column `by`"
@@ -248,20 +268,20 @@ def patient_split(df:pd.DataFrame, # a table from `breakhis_df`
     res[col] = res.patient_id.isin(valid)
     return res
 
+# %% ../nbs/00_data.ipynb #055027dc
+def leaked_patients(df:pd.DataFrame, col:str='is_valid') -> list:
+    "Patients whose images fall on both sides of the split in `col` (should be empty)"
+    sides = df.groupby('patient_id')[col].nunique()
+    return sorted(sides[sides > 1].index)
+
 # %% ../nbs/00_data.ipynb #a1aa5fbc
 def spanhol_splits(df:pd.DataFrame, # a table from `breakhis_df`
                    n:int=5, # number of trials
                    test_pct:float=0.3, # fraction of patients held out in each trial
                    seed:int=0, # trial `i` uses seed `seed+i`
                   ) -> list:
-    "The `n` random patient-wise 70/30 trials of Spanhol et al. (2016), each a copy of `df` with `is_valid`"
+    "The `n` random patient-wise 70/30 trials of Spanhol et al. (IEEE TBME 2016), each a copy of `df` with `is_valid`"
     return [patient_split(df, test_pct, seed+i) for i in range(n)]
-
-# %% ../nbs/00_data.ipynb #055027dc
-def leaked_patients(df:pd.DataFrame, col:str='is_valid') -> list:
-    "Patients whose images fall on both sides of the split in `col` (should be empty)"
-    sides = df.groupby('patient_id')[col].nunique()
-    return sorted(sides[sides > 1].index)
 
 # %% ../nbs/00_data.ipynb #eee7e8b9
 def image_split_leak(df:pd.DataFrame, valid_pct:float=0.3, seed:int=42) -> float:
@@ -270,6 +290,16 @@ def image_split_leak(df:pd.DataFrame, valid_pct:float=0.3, seed:int=42) -> float
     _,va = train_test_split(df, test_size=valid_pct, random_state=seed)
     tr_pats = set(df.drop(index=va.index).patient_id)
     return float(va.patient_id.isin(tr_pats).mean())
+
+# %% ../nbs/00_data.ipynb #bf69971e
+class UserError(ValueError):
+    "An error caused by the user's input (a path, a file, an argument): its message says what to fix."
+
+class BadImageError(UserError):
+    "An image file that cannot be used, with the file and the problem in the message"
+    def __init__(self, path, problem):
+        self.path,self.problem = Path(path),problem
+        super().__init__(f"{path}: {problem}")
 
 # %% ../nbs/00_data.ipynb #5ded75d3
 def read_folds(csv) -> pd.DataFrame:
@@ -299,17 +329,25 @@ def folds_split(df:pd.DataFrame, # a table from `breakhis_df`
 # %% ../nbs/00_data.ipynb #6e4ff8d8
 BREAKHIS_URL = 'http://www.inf.ufpr.br/vri/databases/BreaKHis_v1.tar.gz'
 KAGGLE_DATASET = 'ambarish/breakhis'
+SEARCH_ROOTS = (Path('/kaggle/input'),)  # also searched when no folder is given: Kaggle notebooks mount datasets here
 
 def default_data_path() -> Path:
-    "Where BreakHis is looked for: `$BREAKHIS_DIR`, else `~/.breakhis`"
+    "Where BreakHis is looked for and downloaded to: `$BREAKHIS_DIR`, else `~/.breakhis`"
     return Path(os.environ.get('BREAKHIS_DIR', '~/.breakhis')).expanduser()
 
-def find_breakhis(path=None) -> Path|None:
-    "The `BreaKHis_v1` folder at or under `path` (default: `default_data_path()`), or None"
-    path = Path(path or default_data_path()).expanduser()
+def _find_in(path) -> Path|None:
+    "The `BreaKHis_v1` folder at or under `path`, or None"
+    path = Path(path).expanduser()
     if not path.exists(): return None
     if path.name == 'BreaKHis_v1': return path
     return next(iter(sorted(path.glob('**/BreaKHis_v1'))), None)
+
+def find_breakhis(path=None, # the folder to look in; None: `default_data_path()`, then `roots`
+                  roots=SEARCH_ROOTS, # where else to look when `path` is None (Kaggle's `/kaggle/input`)
+                 ) -> Path|None:
+    "The `BreaKHis_v1` folder at or under `path` (or the default places), or None"
+    if path: return _find_in(path)
+    return next((f for p in (default_data_path(), *roots) if (f := _find_in(p)) is not None), None)
 
 def _online(host:str, port:int=443, timeout:float=3.) -> bool:
     "Whether `host` answers on `port` within `timeout` seconds"
@@ -317,12 +355,12 @@ def _online(host:str, port:int=443, timeout:float=3.) -> bool:
         with socket.create_connection((host, port), timeout=timeout): return True
     except OSError: return False
 
-def get_breakhis(dest=None, # folder to hold BreakHis (default: `default_data_path()`)
+def get_breakhis(dest=None, # folder to hold BreakHis; None: `default_data_path()` (and `/kaggle/input` is searched first)
                  source:str='kaggle', # 'kaggle' (kagglehub) or 'ufpr' (the authors' archive)
                 ) -> Path:
-    "The `BreaKHis_v1` folder, downloaded into `dest` if it is not there yet"
+    "The `BreaKHis_v1` folder, found where it already is or downloaded into `dest`"
+    if (found := find_breakhis(dest or None)) is not None: return found
     dest = Path(dest or default_data_path()).expanduser()
-    if (found := find_breakhis(dest)) is not None: return found
     host = 'www.kaggle.com' if source=='kaggle' else 'www.inf.ufpr.br'
     if not _online(host, 443 if source=='kaggle' else 80):
         raise UserError(f"BreakHis is not in {dest} and {host} cannot be reached (offline?). Download it by hand "
@@ -385,22 +423,3 @@ def check_images(paths, # image files (e.g. `df.path`)
         if mode != 'RGB': rows.append((str(p), f'mode {mode}, not RGB (it will be converted)'))
         if size is not None and tuple(sz) != tuple(size): rows.append((str(p), f'size {sz[0]}x{sz[1]}, not {size[0]}x{size[1]}'))
     return pd.DataFrame(rows, columns=['path', 'problem'])
-
-# %% ../nbs/00_data.ipynb #0f2c72a2
-def dataset_stats(df:pd.DataFrame) -> dict:
-    "Counts of images and patients by class, tumour type and magnification"
-    def _t(col):
-        return df.groupby(col).agg(images=('path','size'), patients=('patient_id','nunique'))
-    return dict(label=_t('label'), tumor_type=_t(['label','tumor_type']), magnification=_t('magnification'),
-                per_patient=df.groupby('patient_id').size().describe())
-
-def plot_stats(df:pd.DataFrame, figsize=(14, 3.5)):
-    "Bar charts of images per class, tumour type and magnification, and a histogram of images per patient"
-    fig,axs = plt.subplots(1, 4, figsize=figsize)
-    df.label.value_counts().sort_index().plot.bar(ax=axs[0], title='images per class', color=['tab:green','tab:red'])
-    df.tumor_name.value_counts().sort_index().plot.bar(ax=axs[1], title='images per tumour type')
-    df.magnification.value_counts().sort_index().plot.bar(ax=axs[2], title='images per magnification')
-    df.groupby('patient_id').size().plot.hist(ax=axs[3], bins=20, title='images per patient')
-    for a in axs[:3]: a.set_xlabel('')
-    plt.tight_layout()
-    return fig

@@ -43,15 +43,21 @@ def histo_tfms(size:int=224, # side of the square crop fed to the model
         if max_hue: batch_tfms.append(Hue(max_hue, p=p_lighting))
     return item_tfms, batch_tfms
 
-# %% ../nbs/01_datablock.ipynb #33c063ee
+# %% ../nbs/01_datablock.ipynb #81cbb692
 TARGETS = ('label', 'tumor_type')
 
-def breakhis_block(size:int=224, target:str='label', valid_col:str='is_valid', vocab=None, aug:bool=True) -> DataBlock:
+def breakhis_block(size:int=224, # side of the square crop fed to the model
+                   target:str='label', # 'label' (benign/malignant) or 'tumor_type' (8 classes)
+                   valid_col:str='is_valid', # boolean column: True for validation images
+                   vocab=None, # the classes, in order; None: the sorted values of `target`
+                   aug:bool=True, # augment training batches
+                  ) -> DataBlock:
     "The BreakHis `DataBlock`: `RGBImage` from column `path`, category from `target`, split on `valid_col`"
     item_tfms,batch_tfms = histo_tfms(size, aug=aug)
     return DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=vocab)), get_x=ColReader('path'),
                      get_y=ColReader(target), splitter=ColSplitter(valid_col), item_tfms=item_tfms, batch_tfms=batch_tfms)
 
+# %% ../nbs/01_datablock.ipynb #33c063ee
 def _check_split_df(df, target, valid_col):
     "Raise `UserError` when `df` cannot be used for training on `target` with split `valid_col`"
     if target not in TARGETS: raise UserError(f"target {target!r}: must be one of {TARGETS}")

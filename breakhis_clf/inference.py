@@ -1,4 +1,4 @@
-"""Save a trained model in two forms, load it without unpickling anything, and classify new images with clear errors for bad input.
+"""Save a trained model in two forms, load it without unpickling anything, classify new images (with test-time augmentation), and evaluate a training run.
 
 Docs: https://breakhis-clf.github.io/breakhis-clf/inference.html.md"""
 
@@ -65,7 +65,7 @@ FORMAT_VERSION = 1 # bump when `model.json` changes incompatibly
 MODEL_FILES = ('model.pkl', 'model.safetensors', 'model.json') # what `save_model` writes into a run folder
 
 def _arch_name(learn):
-    "Name of the torchvision architecture `learn` was built with"
+    "Name (a key of `ARCHS`) of the architecture `learn` was built with"
     arch = getattr(learn, 'arch', None)
     name = arch if isinstance(arch, str) else getattr(arch, '__name__', None)
     if name not in ARCHS: raise UserError(f"cannot save the safe model form: unknown architecture {arch!r} (one of {', '.join(ARCHS)})")

@@ -71,7 +71,7 @@ class Page:
                  links:dict, # notebook stem -> page file name, for `.ipynb` links
                  site_url:str=''): # nbdev's `doc_host`+`doc_baseurl`: absolute links there become relative
         self.src, self.dest, self.links, self.site_url = src, dest, links, site_url.rstrip('/')
-        self.nimg = 0
+        self.nimg, self.in_reference = 0, False
 
     def fix_links(self, md:str) -> str:
         "Make links to our published site and to `.ipynb` files point at the local pages"
@@ -103,6 +103,7 @@ class Page:
             data = {k: v for k,v in data.items() if k != 'text/markdown'}  # fastprogress: its Markdown is HTML source
         if 'text/markdown' in data:
             md = self.fix_links(_s(data['text/markdown']))
+            if asis and self.in_reference: md = _re_sd_head.sub(lambda m: f'#### {m.group(2)}', md)  # out of the page's TOC
             return _anchor_showdoc(md) if asis else f'<div class="nb-output" markdown="1">\n\n{md}\n\n</div>'
         if 'text/html' in data: return f'<div class="nb-output nb-html" markdown="0">\n{_flat_html(_s(data["text/html"]))}\n</div>'
         if 'text/plain' in data: return _pre(_s(data['text/plain']), 'nb-result')
@@ -134,7 +135,11 @@ class Page:
         blocks = [f'# {self.title}']
         if fm.get('description'): blocks.append(f'{fm["description"]}\n{{ .nb-description }}')
         for c in nb.cells:
-            if c.cell_type == 'markdown' and _s(c.source).strip(): blocks.append(self.fix_links(callouts(c.source)))
+            if c.cell_type == 'markdown' and _s(c.source).strip():
+                # the page's table of contents lists the taught path; the `## Reference` section's API docs are left out
+                for l in _s(c.source).splitlines():
+                    if l.startswith('## '): self.in_reference = l[3:].strip().lower().startswith('reference')
+                blocks.append(self.fix_links(callouts(c.source)))
             elif c.cell_type == 'code': blocks += self.code(c)
         md = '\n\n'.join(blocks) + '\n'
         (self.dest/f'{self.name}.md').write_text(md)

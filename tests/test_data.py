@@ -172,6 +172,28 @@ def test_offline_download_message(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_find_breakhis_looks_under_kaggle_input(tmp_path, monkeypatch):
+    "With no folder given: `default_data_path()` first, then the search roots (Kaggle mounts datasets in /kaggle/input)"
+    assert Path('/kaggle/input') in SEARCH_ROOTS
+    home = tmp_path/'home'
+    monkeypatch.setenv('BREAKHIS_DIR', str(home))  # an empty default place
+    kaggle = tmp_path/'kaggle-input'
+    (kaggle/'breakhis'/'BreaKHis_v1'/'BreaKHis_v1').mkdir(parents=True)  # as Kaggle mounts ambarish/breakhis
+    assert find_breakhis(roots=[tmp_path/'absent', kaggle]) == kaggle/'breakhis'/'BreaKHis_v1'
+    assert find_breakhis(roots=[]) is None
+    assert find_breakhis(home, roots=[kaggle]) is None  # a folder that is given is the only place looked in
+    (home/'BreaKHis_v1').mkdir(parents=True)
+    assert find_breakhis(roots=[kaggle]) == home/'BreaKHis_v1'  # the default place comes first
+
+
+def test_rel_paths_for_display(synth_root):
+    df = breakhis_df(synth_root)
+    shown = rel_paths(df, synth_root)
+    assert all(p.startswith('histology_slides/breast/') for p in shown.path)
+    assert shown.drop(columns='path').equals(df.drop(columns='path'))
+    assert all(Path(p).is_absolute() for p in df.path)  # the table itself is unchanged
+
+
 def test_preresize_never_writes_into_source(tmp_path, synth_root):
     before = sorted((p, p.stat().st_size) for p in synth_root.rglob('*'))
     out = preresize(synth_root, tmp_path/'small', max_size=60, n_workers=1)

@@ -74,6 +74,21 @@ def test_pages_show_code_outputs_and_plots(site):
     assert not any(re.search(r'^\s*#\|', h, re.M) for h in html.values()), 'nbdev directives left in a page'
     assert not any(re.search(r'^:::', h, re.M) for h in html.values()), 'Quarto ::: fences left in a page'
 
+def test_toc_lists_the_taught_path(site):
+    "Each lesson's table of contents has its sections, and none of the API docs of its `## Reference` section"
+    out, _ = site
+    for nb in notebooks():
+        html = (out/f'{nb2md.page_name(ROOT/"_proc"/nb.name)}.html').read_text()
+        toc = re.search(r'<nav class="md-nav md-nav--secondary"[^>]*>(.*?)</nav>', html, re.S)
+        assert toc, f'{nb.name}: no table of contents'
+        links = set(re.findall(r'href="#([^"]+)"', toc.group(1)))
+        assert {'conclusion', 'questionnaire', 'further-research'} <= links, (nb.name, sorted(links))
+        if 'id="reference"' not in html: continue
+        ref = html.split('id="reference"', 1)[1]
+        documented = set(re.findall(r'<h4 id="([^"]+)"', ref))
+        assert documented, f'{nb.name}: a Reference section without API docs'
+        assert not links & documented, f'{nb.name}: Reference symbols in the TOC: {sorted(links & documented)}'
+
 def test_api_reference_lists_public_symbols(site):
     out, _ = site
     api = (out/'api.html').read_text()

