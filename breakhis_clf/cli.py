@@ -133,7 +133,7 @@ def _finish(learn, run, df, target, synthetic, report, log):
         log(f"Evaluation: {headline(rep)}")
         log(f"Evaluation report: {run/'evaluation'/'summary.md'}")
 
-# %% ../nbs/07_cli.ipynb #5d106ebd
+# %% ../nbs/07_cli.ipynb #29b6d377
 def train_run(data=None, # BreakHis folder; None: the default location, else a synthetic set
               arch:str|None=None, # a name in `ARCHS`; None: see `pick_model`
               size:int|None=None, # side of the square crops; None: see `run_defaults`

@@ -27,6 +27,11 @@ class RGBImage(PILImage):
         return cls(load_rgb(fn)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
 
 # %% ../nbs/01_datablock.ipynb #318f6f34
+def _train_only(t):
+    "`t` applied to training batches only (fastai would otherwise resample validation images through an identity warp)"
+    t.split_idx = 0
+    return t
+
 def histo_tfms(size:int=224, # side of the square crop fed to the model
                max_lighting:float=0.1, # brightness and contrast jitter
                max_saturation:float=0.1, # saturation jitter
@@ -38,7 +43,7 @@ def histo_tfms(size:int=224, # side of the square crop fed to the model
     item_tfms = [Resize(size, method=ResizeMethod.Crop)]
     batch_tfms = []
     if aug:
-        batch_tfms += [Dihedral(p=0.5), Brightness(max_lighting, p=p_lighting), Contrast(max_lighting, p=p_lighting),
+        batch_tfms += [_train_only(Dihedral(p=0.5)), Brightness(max_lighting, p=p_lighting), Contrast(max_lighting, p=p_lighting),
                        Saturation(max_saturation, p=p_lighting)]
         if max_hue: batch_tfms.append(Hue(max_hue, p=p_lighting))
     return item_tfms, batch_tfms

@@ -71,12 +71,78 @@ def test_one_epoch_on_real_sample(tmp_path, sample_root):
     assert len(pd.read_csv(run/'split.csv')) == 23
 
 
-def test_offline_weights_error_is_quick_and_clear(tmp_path, sample_root):
+@pytest.fixture
+def offline(tmp_path_factory):
+    "Environment for a child process with no network (a `sitecustomize` makes every connection fail) and an empty weights cache"
+    d = tmp_path_factory.mktemp('offline')
+    (d/'sitecustomize.py').write_text("import socket\n"
+        "def _refuse(*args, **kwargs): raise OSError('no network in this test')\n"
+        "socket.create_connection = _refuse\n")
+    return {'PYTHONPATH': os.pathsep.join(p for p in (str(d), os.environ.get('PYTHONPATH')) if p), 'TORCH_HOME': str(d/'torch')}
+
+
+def test_offline_weights_error_is_quick_and_clear(tmp_path, sample_root, offline):
     t = time.time()
-    p = cli('train', '--data', sample_root, '--arch', 'resnet50', '--out', tmp_path/'runs', env={'TORCH_HOME': str(tmp_path/'th')})
-    one_line_error(p, 'resnet50', 'resnet50-', str(tmp_path/'th'), '--no-pretrained')
+    p = cli('train', '--data', sample_root, '--arch', 'resnet50', '--out', tmp_path/'runs', env={**offline, 'TORCH_HOME': str(tmp_path/'th')})
+    one_line_error(p, 'resnet50', 'resnet50-', str(tmp_path/'th'), '--no-pretrained', '--arch efficientnet_lite0')
     assert time.time() - t < 60
     assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())  # no half-made run folder
+
+
+def test_real_data_without_weights_offers_the_packaged_model(tmp_path, sample_root, offline):
+    "Real BreakHis, no --arch, no ResNet-50 weights: one error line offering --arch efficientnet_lite0, never a silent fallback"
+    p = cli('train', '--data', sample_root, '--out', tmp_path/'runs', env=offline)
+    one_line_error(p, 'resnet50', '--arch efficientnet_lite0', '--no-pretrained', '--weights')
+    assert 'efficientnet_lite0 instead' not in p.stdout  # the demo's fallback is for synthetic data only
+    assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())  # no half-made run folder
+
+
+def test_train_without_arguments_offline_trains_the_pretrained_effnet(tmp_path, offline):
+    "`breakhis-clf train` with no BreakHis and no ResNet weights fine-tunes the packaged efficientnet_lite0, saying so once"
+    from breakhis_clf.data import make_synthetic_breakhis
+    # a small synthetic set where the fallback writes its own (find_data reuses it), to keep the test fast
+    make_synthetic_breakhis(tmp_path/'data'/'breakhis-synthetic', n_patients=8, images_per_patient=4, magnifications=(40,),
+                            size=(96, 64), progress=False)
+    (tmp_path/'no-breakhis').mkdir()
+    p = cli('train', '--size', '64', '--epochs', '1', '--freeze-epochs', '1', '--bs', '16', '--num-workers', '0',
+            cwd=tmp_path, env={**offline, 'BREAKHIS_DIR': str(tmp_path/'no-breakhis')})
+    assert p.returncode == 0, p.stderr[-3000:]
+    notice = [l for l in p.stdout.splitlines() if 'using the pretrained efficientnet_lite0' in l]
+    assert len(notice) == 1 and 'resnet50' in notice[0], p.stdout
+    assert 'SYNTHETIC' in p.stdout and 'Synthetic demo settings: efficientnet_lite0' in p.stdout
+    run, = (tmp_path/'runs').iterdir()
+    assert 'efficientnet_lite0' in run.name
+    cfg = json.loads((run/'config.json').read_text())
+    assert (cfg['arch'], cfg['pretrained'], cfg['synthetic']) == ('efficientnet_lite0', True, True)
+    assert Path(cfg['weights']).name == 'efficientnet-lite0-57934424.pth' and Path(cfg['weights']).is_file()
+    assert (cfg['size'], cfg['bs'], cfg['epochs'], cfg['freeze_epochs'], cfg['lr']) == (64, 16, 1, 1, 1e-2)  # lr: the demo's
+    assert list(pd.read_csv(run/'history.csv').phase) == ['frozen', 'unfrozen']
+    assert json.loads((run/'model.json').read_text())['arch'] == 'efficientnet_lite0'
+    assert (run/'evaluation'/'summary.md').exists()
+    assert not any(Path(offline['TORCH_HOME']).rglob('*.pth'))  # nothing was downloaded
+
+
+def test_defaults_real_data_and_demo():
+    from breakhis_clf.cli import run_defaults, build_parser
+    assert run_defaults(False) == dict(size=224, bs=32, freeze_epochs=1, epochs=3, lr=2e-3)
+    assert run_defaults(True) == dict(size=128, bs=16, freeze_epochs=2, epochs=2, lr=1e-2)
+    a = build_parser().parse_args(['train'])
+    assert (a.arch, a.size, a.bs, a.epochs, a.freeze_epochs, a.lr) == (None,)*6 and a.pretrained and a.evaluate
+
+
+def test_pick_model_offline(tmp_path, monkeypatch):
+    "Offline with no cached weights: the synthetic demo falls back in one line; real data stops with the offer"
+    import breakhis_clf.learner as L
+    from breakhis_clf.cli import pick_model
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(L, 'can_reach', lambda *a, **k: False)
+    msgs = []
+    arch, w = pick_model(synthetic=True, log=msgs.append)
+    assert arch == 'efficientnet_lite0' and w == L.packaged_weights() and len(msgs) == 1
+    with pytest.raises(L.WeightsUnavailableError, match='--arch efficientnet_lite0'): pick_model(synthetic=False)
+    with pytest.raises(L.WeightsUnavailableError): pick_model('resnet50', synthetic=True)  # a named arch is never replaced
+    assert pick_model('efficientnet_lite0')[0] == 'efficientnet_lite0'
+    assert pick_model('resnet18', pretrained=False) == ('resnet18', None)
 
 
 def main_error(capsys, *args):

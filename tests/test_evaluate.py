@@ -1,4 +1,4 @@
-"Evaluation: metrics equal scikit-learn's, patient aggregation, patient bootstrap, Grad-CAM, report files."
+"Evaluation: metrics equal scikit-learn's, patient aggregation, patient bootstrap, report files; Grad-CAM and `evaluate_run` on a tiny model."
 import json, warnings
 from pathlib import Path
 
@@ -12,6 +12,8 @@ from sklearn import metrics as skm
 from breakhis_clf.data import UserError, breakhis_df, patient_split, TUMOR_TYPES
 from breakhis_clf.evaluate import *
 import breakhis_clf.evaluate as evaluate_mod
+from breakhis_clf.interpret import cam_layer, model_input, gradcam, show_gradcam, plot_gradcams
+from breakhis_clf.inference import evaluate_run
 
 # ---------------------------------------------------------------- made-up predictions tables
 
@@ -270,6 +272,30 @@ def test_gradcam_shape_not_constant_and_drawn(tiny):
     ax.figure.canvas.draw()
     plt.close('all')
     with pytest.raises(UserError, match='not one of'): gradcam(learn, img, target='normal')
+    fig = plot_gradcams(learn, preds, n=2)
+    assert 1 <= len(fig.axes) // 2 <= 2  # a row of correct and (when there are any) a row of wrong calls
+    plt.close(fig)
+
+def test_gradcam_pil_image_equals_file(tiny):
+    "A PIL image (even one opened lazily) gives the map of its file, and is left as it was"
+    learn, df = tiny
+    p = df.path[df.is_valid].iloc[0]
+    im = Image.open(p)
+    cls = type(im)
+    np.testing.assert_allclose(gradcam(learn, im), gradcam(learn, p), atol=1e-5)
+    assert type(im) is cls
+
+def test_cam_layer_efficientnet_is_bn2_and_maps_are_not_degenerate(synth_root):
+    "For the pretrained EfficientNet-Lite0 Grad-CAM explains the body's last layer (`bn2`, 1280 channels), with real contrast"
+    from breakhis_clf.datablock import breakhis_dls
+    from breakhis_clf.learner import breakhis_learner
+    df = patient_split(breakhis_df(synth_root), valid_pct=0.5, seed=1)
+    learn = breakhis_learner(breakhis_dls(df, size=64, bs=8, num_workers=0), 'efficientnet_lite0', seed=0)
+    layer = cam_layer(learn.model)
+    assert layer is learn.model[0][-1] and type(layer).__name__ == 'BatchNormAct2d' and layer.num_features == 1280
+    heats = [gradcam(learn, p) for p in df.path[df.is_valid].iloc[:4]]
+    assert all(h.shape == (64, 64) and h.min() >= 0 and h.max() <= 1 for h in heats)
+    assert max(h.std() for h in heats) > 0.05
 
 def test_evaluate_on_real_sample_writes_every_file(tiny, sample_root, tmp_path):
     learn, _ = tiny
@@ -324,6 +350,7 @@ def test_evaluate_run_safe_equals_evaluate_with_learner(tiny, tiny_run, tmp_path
     for k in ('n_images', 'n_patients', 'headline', 'image', 'patient', 'by_magnification', 'by_tumor_type', 'ci', 'ci_by_magnification'):
         assert got[k] == ref[k], k
 
+@pytest.mark.filterwarnings("ignore:load_learner. uses Python's insecure pickle")  # fastai's own warning, beside ours
 def test_evaluate_run_unsafe_uses_the_pickle(tiny_run, tmp_path):
     with pytest.warns(UserWarning, match='only load model.pkl files you trust'):
         unsafe = evaluate_run(tiny_run, out=tmp_path/'u', n_boot=20, progress=False, safe=False)

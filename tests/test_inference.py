@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
+from fastai.vision.core import TensorImage
 
 from breakhis_clf.data import UserError, make_synthetic_breakhis, breakhis_df, patient_split
 from breakhis_clf.datablock import breakhis_dls
@@ -255,6 +256,76 @@ def test_batch_keeps_good_images_and_lists_bad(trained, model, tmp_path):
     assert len(lines) == 3 and len(problems) == 3
     assert all(l.split('\t')[1] in model.classes for l in lines)
     assert any(p.startswith(str(tmp_path/'notes.png')) and 'not an image' in p for p in problems)
+
+
+# --- efficientnet_lite0: the pretrained model offline, saved, loaded and used exactly like a ResNet ----------
+
+@pytest.fixture(scope='module')
+def effnet(tmp_path_factory):
+    "(learner, run folder, image files): the pretrained efficientnet_lite0, head trained one epoch on tiny synthetic data, saved"
+    tmp = tmp_path_factory.mktemp('effnet')
+    root = make_synthetic_breakhis(tmp/'data', n_patients=4, images_per_patient=2, magnifications=(40, 100),
+                                   size=(96, 64), seed=1, progress=False)
+    df = patient_split(breakhis_df(root), valid_pct=0.5, seed=0)
+    learn = breakhis_learner(breakhis_dls(df, size=64, bs=4, num_workers=0, seed=0), arch='efficientnet_lite0', seed=0)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    return learn, save_model(learn, tmp/'run'), [Path(p) for p in df.path]
+
+@pytest.fixture(scope='module')
+def effnet_model(effnet): return load_model(effnet[1], safe=True, device='cpu')
+
+def test_effnet_model_json(effnet):
+    "The safe form records the architecture and its own statistics (mean = std = 0.5), not ImageNet's"
+    meta = json.loads((effnet[1]/'model.json').read_text())
+    assert meta['arch'] == 'efficientnet_lite0' and meta['mean'] == [0.5]*3 and meta['std'] == [0.5]*3
+    assert meta['size'] == [64, 64] and meta['n_out'] == 2 and meta['classes'] == ['benign', 'malignant']
+    assert sorted(f.name for f in effnet[1].iterdir()) == sorted(MODEL_FILES)
+
+def test_effnet_safe_load_gives_the_learners_probabilities(effnet, effnet_model):
+    learn, _, files = effnet
+    ref, got = learn.model.state_dict(), effnet_model.model.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k].cpu(), got[k]) for k in ref)
+    preds = predict(effnet_model, files, bs=3, progress=False)
+    with learn.no_bar(): lp, _ = learn.get_preds(dl=learn.dls.test_dl([str(f) for f in files]))
+    np.testing.assert_allclose(probs(preds, effnet_model), lp.numpy(), atol=1e-5)
+    assert preds.prediction.tolist() == [effnet_model.classes[i] for i in lp.argmax(1)]
+
+def test_effnet_same_network_on_same_input(effnet, effnet_model):
+    "Fed the same tensors, the loaded network and the learner's give identical logits"
+    learn, _, files = effnet
+    x = torch.stack([effnet_model.item(Image.open(f).convert('RGB')) for f in files[:4]])
+    with torch.no_grad():
+        xn = effnet_model.normalize(effnet_model.to_float(TensorImage(x)))
+        assert torch.equal(learn.model.eval()(xn), effnet_model.model(xn))
+
+def test_effnet_safe_load_never_unpickles(effnet, monkeypatch):
+    def boom(*a, **k): raise AssertionError('unpickling in safe mode')
+    for mod, name in [(pickle, 'load'), (pickle, 'loads'), (torch, 'load')]: monkeypatch.setattr(mod, name, boom)
+    assert load_model(effnet[1], device='cpu').meta['arch'] == 'efficientnet_lite0'
+
+def test_effnet_tta_is_dihedral_invariant(effnet, effnet_model, tmp_path):
+    sq = Image.open(effnet[2][0]).convert('RGB').crop((0, 0, 64, 64))
+    paths = []
+    for name, t in [('orig', None), ('rot90', Image.Transpose.ROTATE_90), ('flip', Image.Transpose.FLIP_TOP_BOTTOM)]:
+        (sq if t is None else sq.transpose(t)).save(tmp_path/f'{name}.png'); paths.append(tmp_path/f'{name}.png')
+    p = probs(predict(effnet_model, paths, tta=True, progress=False), effnet_model)
+    for row in p[1:]: np.testing.assert_allclose(row, p[0], atol=1e-5)
+
+def test_effnet_unsafe_load_predicts_the_same(effnet, effnet_model):
+    with pytest.warns(UserWarning, match='only load model.pkl files you trust'):
+        pickled = load_model(effnet[1], safe=False, device='cpu')
+    files = effnet[2][:3]
+    np.testing.assert_allclose(probs(predict(pickled, files, progress=False), effnet_model),
+                               probs(predict(effnet_model, files, progress=False), effnet_model), atol=1e-6)
+
+def test_effnet_weights_do_not_fit_a_resnet(effnet, tmp_path):
+    d = _broken(effnet[1], tmp_path, edit=lambda m: m.update(arch='resnet18'))
+    with pytest.raises(ModelError, match='do not fit resnet18'): load_model(d, device='cpu')
+
+def test_effnet_predict_cmd(effnet, capsys):
+    assert predict_cmd(effnet[1], effnet[2][:2]) == 0
+    rows = [l.split('\t') for l in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == [str(f) for f in effnet[2][:2]] and all(r[1] in ('benign', 'malignant') for r in rows)
 
 
 # --- the command-line entry point ---------------------------------------------------------------
