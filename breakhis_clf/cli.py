@@ -6,9 +6,9 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #e4c7b0b0
 from __future__ import annotations
-import argparse, json, sys, time, platform
+import argparse, json, sys, time, platform, warnings
 from pathlib import Path
-import pandas as pd
+import numpy as np, pandas as pd
 import torch, fastai
 from . import __version__
 from .data import (UserError, MAGNIFICATIONS, breakhis_df, patient_split, spanhol_splits, read_folds,
@@ -16,15 +16,15 @@ from .data import (UserError, MAGNIFICATIONS, breakhis_df, patient_split, spanho
 from .datablock import breakhis_dls, TARGETS
 from .learner import ARCHS, breakhis_learner, resolve_weights, pretrained_arch
 from .train import train, save_loss_plot
-from .evaluate import evaluate
+from .evaluate import evaluate, SMALL_SAMPLE
 from .inference import save_model, evaluate_run, predict_cmd
 
 # %% auto #0
 __all__ = ['SYNTHETIC_DIR', 'SPLITS', 'find_data', 'make_split', 'pick_model', 'new_run_dir', 'run_defaults', 'headline',
-           'train_run', 'build_parser', 'main']
+           'trained_on', 'train_run', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #063418a9
-SYNTHETIC_DIR = Path('data/breakhis-synthetic')
+SYNTHETIC_DIR = Path('data/breakhis-synthetic-v2')  # v2: eight tumour-type morphologies and a patient with two cases
 
 def find_data(data=None, # a BreakHis folder; None looks in the default location, then falls back to synthetic
               synthetic_dir=SYNTHETIC_DIR, # where the synthetic set is written (once) when needed
@@ -42,7 +42,7 @@ def find_data(data=None, # a BreakHis folder; None looks in the default location
         log(f"Using the SYNTHETIC BreakHis-like dataset in {root} (made earlier). Its results say nothing about real tissue.")
         return root, True
     log(f"Writing a SYNTHETIC BreakHis-like dataset to {synthetic_dir} and training on it. Its results say nothing about real tissue.")
-    return make_synthetic_breakhis(synthetic_dir), True
+    return make_synthetic_breakhis(synthetic_dir, n_patients=32, images_per_patient=2, two_case_patient=True), True
 
 # %% ../nbs/07_cli.ipynb #1ea262bd
 SPLITS = ('patient', 'spanhol', 'folds')
@@ -53,22 +53,34 @@ def _find_folds_csv(data:Path):
         if (d/'Folds.csv').exists(): return d/'Folds.csv'
     raise UserError(f"--split folds needs the Kaggle release's Folds.csv in {data} or a parent folder")
 
+def _published_test(df, split, data, fold, seed, log):
+    "`df` with `subset` test/train from a published protocol: a Spanhol trial or a Kaggle fold (its warnings logged)"
+    if split == 'spanhol':
+        if not 1 <= fold <= 5: raise UserError(f"--fold {fold}: Spanhol's protocol has trials 1-5")
+        t = spanhol_splits(df, n=5, seed=seed)[fold-1]
+        return t.assign(subset=np.where(t.is_valid, 'test', 'train'))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        res = folds_split(df, read_folds(_find_folds_csv(Path(data))), fold)
+    for w in caught: log(f"Warning: {w.message}")
+    return res
+
 def make_split(df:pd.DataFrame, # a table from `breakhis_df`
                split:str='patient', # 'patient', 'spanhol' or 'folds'
                data=None, # the data folder (to find `Folds.csv` for `split='folds'`)
                fold:int=1, # the Spanhol trial or Kaggle fold, 1-5
-               valid_pct:float=0.3, # fraction of patients to validate on ('patient')
-               seed:int=42, # random seed ('patient' and 'spanhol')
+               valid_pct:float=0.3, # fraction of patients to validate on
+               seed:int=42, # random seed
                target:str='label', # 'tumor_type' stratifies patients on tumour type
+               test_pct:float=0.2, # fraction of patients held out for test ('patient'; the other splits publish their test side)
+               log=print, # where messages go
               ) -> pd.DataFrame:
-    "`df` with an `is_valid` column from the chosen patient-wise split"
-    if split == 'patient': res = patient_split(df, valid_pct, seed, by=target)
-    elif split == 'spanhol':
-        if not 1 <= fold <= 5: raise UserError(f"--fold {fold}: Spanhol's protocol has trials 1-5")
-        res = spanhol_splits(df, n=5, seed=seed)[fold-1]
-    elif split == 'folds': res = folds_split(df, read_folds(_find_folds_csv(Path(data))), fold)
-    else: raise UserError(f"--split {split}: one of {', '.join(SPLITS)}")
-    if leak := leaked_patients(res): raise UserError(f"the {split} split puts patients on both sides: {leak[:5]}")
+    "`df` with `subset` (train, valid, test) and `is_valid` from the chosen patient-wise split"
+    if split not in SPLITS: raise UserError(f"--split {split}: one of {', '.join(SPLITS)}")
+    if split == 'patient': res = patient_split(df, valid_pct, seed, by=target, test_pct=test_pct)
+    else: res = patient_split(_published_test(df, split, data, fold, seed, log), valid_pct, seed, by=target)
+    if split != 'folds' and (leak := leaked_patients(res)):  # a published fold is kept as published (and warned about)
+        raise UserError(f"the {split} split puts patients in two subsets: {leak[:5]}")
     return res
 
 # %% ../nbs/07_cli.ipynb #15c1773b
@@ -120,18 +132,33 @@ def _settings(synthetic, pretrained, **given) -> dict:
     if not pretrained: s['freeze_epochs'] = 0  # from scratch there is no pretrained body to protect
     return s
 
-def _finish(learn, run, df, target, synthetic, report, log):
+def trained_on(df:pd.DataFrame, data, synthetic:bool) -> dict:
+    "What a model trained on the `train` rows of `df` saw: data folder, synthetic or not, magnifications, patients, images"
+    tr = df[df['subset'] == 'train']
+    return dict(data=str(data), synthetic=bool(synthetic), magnifications=sorted(int(m) for m in tr.magnification.unique()),
+                n_patients=int(tr.patient_id.nunique()), n_images=len(tr))
+
+def _report_lines(rep:dict, out) -> list:
+    "What the command line says about an evaluation: which patients, the headline numbers, a small-sample warning, where"
+    what = {'test': 'the test patients, used for nothing else', 'valid': 'the validation patients, which chose the epoch: optimistic'
+           }.get(rep.get('subset'), f"the images under {rep.get('evaluated_data')}")
+    lines = [f"Evaluation on {what} ({rep['n_images']} images of {rep['n_patients']} patients): {headline(rep)}"]
+    if rep.get('small_sample'): lines.append(f"Only {rep['n_patients']} patients were evaluated (fewer than {SMALL_SAMPLE}): "
+                                             "read these numbers as a check that the pipeline runs, not as a measurement.")
+    return lines + [f"Evaluation report: {Path(out)/'summary.md'}"]
+
+def _finish(learn, run, df, target, about, report, log):
     "Save the loss plot, the model (both forms) and the final metrics of a trained run; evaluate it if `report`"
     save_loss_plot(learn, run/'loss.png')
-    save_model(learn, run, target=target)
+    save_model(learn, run, target=target, trained_on=about)
     with learn.no_bar(): vals = learn.validate()
     metrics = dict(zip(['valid_loss', *[m.name for m in learn.metrics]], [float(v) for v in vals]))
-    (run/'metrics.json').write_text(json.dumps(dict(image_level=metrics, synthetic=synthetic), indent=2) + '\n')
-    log('Validation: ' + ', '.join(f"{k} {v:.4f}" for k,v in metrics.items()))
+    (run/'metrics.json').write_text(json.dumps(dict(image_level=metrics, subset='valid', synthetic=about['synthetic']), indent=2) + '\n')
+    log('Validation (it chose the kept epoch): ' + ', '.join(f"{k} {v:.4f}" for k,v in metrics.items()))
     if report:
-        rep = evaluate(learn, df[df.is_valid], out=run/'evaluation')
-        log(f"Evaluation: {headline(rep)}")
-        log(f"Evaluation report: {run/'evaluation'/'summary.md'}")
+        sub = 'test' if (df['subset'] == 'test').any() else 'valid'
+        rep = evaluate(learn, df, sub, out=run/'evaluation', about=dict(subset=sub, trained_on=about))
+        for l in _report_lines(rep, run/'evaluation'): log(l)
 
 # %% ../nbs/07_cli.ipynb #29b6d377
 def train_run(data=None, # BreakHis folder; None: the default location, else a synthetic set
@@ -145,19 +172,20 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
               target:str='label', # 'label' (benign/malignant) or 'tumor_type' (8 classes)
               split:str='patient', # 'patient', 'spanhol' or 'folds'
               fold:int=1, # Spanhol trial or Kaggle fold
-              valid_pct:float=0.3, # fraction of patients for validation ('patient' split)
+              valid_pct:float=0.3, # fraction of patients for validation
+              test_pct:float=0.2, # fraction of patients held out for the final report ('patient' split; 0: none)
               seed:int=42, # seed for the split, the initialisation and the batch order
               pretrained:bool=True, # start from ImageNet weights
               weights=None, # a weights file instead of torchvision's cache
               out='runs', # parent folder of the run folders
               num_workers:int|None=None, # data-loading processes
-              evaluate:bool=True, # evaluate on the validation split at the end
+              evaluate:bool=True, # evaluate on the test patients (else the validation patients) at the end
               log=print, # where messages go
              ) -> Path:
     "Train a BreakHis classifier end to end and write everything into a new run folder; return it"
     _check_args(arch, target, magnification)
     data,synthetic = find_data(data, log=log)
-    df = make_split(breakhis_df(data, magnifications=magnification), split, data, fold, valid_pct, seed, target)
+    df = make_split(breakhis_df(data, magnifications=magnification), split, data, fold, valid_pct, seed, target, test_pct, log)
     arch,wfile = pick_model(arch, pretrained, weights, synthetic, log)  # before the run folder: a weights error leaves nothing
     given = dict(size=size, bs=bs, freeze_epochs=freeze_epochs, epochs=epochs, lr=lr)
     hp = _settings(synthetic, pretrained, **given)
@@ -165,19 +193,21 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
         log(f"Synthetic demo settings: {arch}, {', '.join(f'{k} {v}' for k,v in hp.items())} (pass --size, --bs, --epochs ... to choose).")
     run = new_run_dir(out, arch, target)
     log(f"Run folder: {run}")
-    log(f"{len(df)} images of {df.patient_id.nunique()} patients from {data}: {(~df.is_valid).sum()} for training, "
-        f"{df.is_valid.sum()} for validation ({df[df.is_valid].patient_id.nunique()} patients, none of them in training)")
-    df[['path','patient_id','label','tumor_type','magnification','is_valid']].to_csv(run/'split.csv', index=False)
+    n = df.groupby('subset').agg(images=('path', 'size'), patients=('patient_id', 'nunique'))
+    log(f"{len(df)} images of {df.patient_id.nunique()} patients from {data}: "
+        + ', '.join(f"{s} {n.images[s]} images of {n.patients[s]} patients" for s in ('train', 'valid', 'test') if s in n.index)
+        + " (no patient in two of them)")
+    df[['path','patient_id','case_id','label','tumor_type','magnification','subset','is_valid']].to_csv(run/'split.csv', index=False)
     config = dict(data=str(data), synthetic=synthetic, arch=arch, pretrained=pretrained, weights=str(wfile) if wfile else None,
-                  **hp, magnification=magnification, target=target, split=split, fold=fold, valid_pct=valid_pct, seed=seed,
+                  **hp, magnification=magnification, target=target, split=split, fold=fold, valid_pct=valid_pct, test_pct=test_pct, seed=seed,
                   versions=dict(breakhis_clf=__version__, fastai=fastai.__version__, torch=torch.__version__,
                                 python=platform.python_version()))
     (run/'config.json').write_text(json.dumps(config, indent=2) + '\n')
     dls = breakhis_dls(df, size=hp['size'], bs=hp['bs'], target=target, num_workers=num_workers, seed=seed)
     learn = breakhis_learner(dls, arch, pretrained=pretrained, weights=wfile, seed=seed, path=run)
     train(learn, epochs=hp['epochs'], freeze_epochs=hp['freeze_epochs'], base_lr=hp['lr'],
-          lr_mult=100 if pretrained else 1, out=run, seed=seed)  # from scratch: one learning rate for all layers
-    _finish(learn, run, df, target, synthetic, evaluate, log)
+          lr_mult=100 if pretrained else 1, monitor='valid_loss', out=run, seed=seed)  # from scratch: one rate for all layers
+    _finish(learn, run, df, target, trained_on(df, data, synthetic), evaluate, log)
     return run
 
 # %% ../nbs/07_cli.ipynb #bd212505
@@ -200,6 +230,8 @@ def _train_args(p):
     a('--split', default='patient', choices=SPLITS, help='patient-wise split (default), Spanhol trials, or Kaggle folds')
     a('--fold', type=int, default=1, help='Spanhol trial or Kaggle fold, 1-5 (default: 1)')
     a('--valid-pct', type=float, default=0.3, help='fraction of patients for validation (default: 0.3)')
+    a('--test-pct', type=float, default=0.2, help='fraction of patients held out for the final report, with --split patient; '
+      '0: none, the report is then on the validation patients (default: 0.2)')
     a('--seed', type=int, default=42, help='random seed (default: 42)')
     a('--no-pretrained', dest='pretrained', action='store_false', help='train from scratch (no ImageNet weights)')
     a('--weights', help='ImageNet weights file for --arch (instead of torchvision\'s cache)')
@@ -210,15 +242,14 @@ def _train_args(p):
 def _train_cmd(args):
     if args.pretrained is False and args.weights: raise UserError("--weights and --no-pretrained contradict each other")
     kw = {k: getattr(args, k) for k in ['data','arch','size','bs','epochs','freeze_epochs','lr','magnification','target',
-          'split','fold','valid_pct','seed','pretrained','weights','out','num_workers','evaluate']}
+          'split','fold','valid_pct','test_pct','seed','pretrained','weights','out','num_workers','evaluate']}
     run = train_run(**kw)
     print(f"Done: {run}")
     return 0
 
 def _evaluate_cmd(args):
     rep = evaluate_run(args.model, data=args.data, out=args.out)
-    print(f"Evaluation: {headline(rep)}")
-    print(f"Evaluation report: {Path(rep['out'])/'summary.md'}")
+    for l in _report_lines(rep, rep['out']): print(l)
     return 0
 
 def _predict_cmd(args): return predict_cmd(args.model, args.paths, csv=args.csv, tta=args.tta, bs=args.bs)

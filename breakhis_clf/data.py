@@ -34,56 +34,108 @@ def _patient_stain(rng):
     return (np.clip(_H + rng.normal(0, 18, 3), 0, 255), np.clip(_E + rng.normal(0, 16, 3), 0, 255),
             np.clip(np.array([245., 235., 240.]) + rng.normal(0, 5, 3), 0, 255))
 
-def _nucleus(draw, rng, x, y, r, irregular, fill):
-    "Draw one nucleus of radius `r` at (`x`,`y`): round when regular, a jagged polygon otherwise"
+def _nucleus(draw, rng, x, y, r, irregular, fill, elong=1.):
+    "Draw one nucleus of radius `r` at (`x`,`y`): round when regular, jagged otherwise; `elong` > 1 makes a spindle"
     n = 14
     ang = np.linspace(0, 2*np.pi, n, endpoint=False) + rng.uniform(0, 2*np.pi)
     ecc = rng.uniform(0.55, 1.0) if irregular else rng.uniform(0.85, 1.0)
     jit = rng.uniform(0.7, 1.3, n) if irregular else rng.uniform(0.95, 1.05, n)
     rot = rng.uniform(0, np.pi)
-    xs,ys = r*jit*np.cos(ang), r*jit*ecc*np.sin(ang)
+    xs,ys = r*jit*np.cos(ang)*elong, r*jit*ecc*np.sin(ang)/elong
     pts = [(x + a*np.cos(rot) - b*np.sin(rot), y + a*np.sin(rot) + b*np.cos(rot)) for a,b in zip(xs,ys)]
     draw.polygon(pts, fill=tuple(int(c) for c in fill))
 
-def synthetic_tile(malignant:bool, # draw malignant (True) or benign (False) tissue
-                   magnification:int=40, # nuclei grow with magnification
+def _rings(rng, n, w, h, rad, per, squash=1.):
+    "Centres of nuclei on `n` gland-like rings of radius `rad` (a (lo,hi) range), `per` nuclei each"
+    c = rng.uniform((0,0), (w,h), (n,2)); r = rng.uniform(*rad, (n,1)); rot = rng.uniform(0, np.pi, (n,1))
+    a = rng.uniform(0, 2*np.pi, (n, per))
+    x, y = r*np.cos(a), r*squash*np.sin(a)
+    return np.stack([c[:,0:1] + x*np.cos(rot) - y*np.sin(rot), c[:,1:2] + x*np.sin(rot) + y*np.cos(rot)], -1).reshape(-1,2), c, r
+
+def _files(rng, n, w, h, per, step):
+    "Centres of nuclei in `n` straight single files of `per` cells `step` apart"
+    s = rng.uniform((0,0), (w,h), (n,2)); a = rng.uniform(0, np.pi, (n,1)); k = np.arange(per)[None]*step
+    return np.stack([s[:,0:1] + k*np.cos(a), s[:,1:2] + k*np.sin(a)], -1).reshape(-1,2)
+
+def _clusters(rng, n, w, h, per, spread):
+    "Centres of nuclei in `n` solid nests of `per` cells, Gaussian with standard deviation `spread`"
+    c = rng.uniform((0,0), (w,h), (n,2))
+    return (c[:,None] + rng.normal(0, spread, (n, per, 2))).reshape(-1,2), c
+
+def synthetic_tile(tumor_type:str='A', # tumour type code (a key of `TUMOR_TYPES`): each has its own architecture
+                   magnification:int=40, # structures grow with magnification
                    size=(700, 460), # image size (width, height), BreakHis's is 700x460
                    stain=None, # (haematoxylin, eosin, background) colours; random when None
+                   density:float=1., # how crowded the tissue is (a per-patient trait)
                    rng=None, # a `np.random.Generator`
                   ) -> Image.Image:
-    "One H&E-like RGB image with benign or malignant-looking nuclei"
+    "One H&E-like RGB image of tumour type `tumor_type`: benign types with small regular nuclei, malignant ones with large irregular nuclei"
+    if tumor_type not in ('A', 'F', 'PT', 'TA', 'DC', 'LC', 'MC', 'PC'): raise ValueError(f"unknown tumour type {tumor_type!r}")
     rng = rng if rng is not None else np.random.default_rng()
     h_col,e_col,bg = stain if stain is not None else _patient_stain(rng)
     w,h = size
-    scale = (w/700) * {40:0.6, 100:1.0, 200:1.6, 400:2.4}[int(magnification)]
-    # stroma: eosin texture with white gaps (fat, lumen), smoothed noise
+    scale = (w/700) * {40:0.9, 100:1.3, 200:1.9, 400:2.8}[int(magnification)]
+    k = density * w*h/(700*460) / scale**1.5   # how many structures fit in the field
+    malignant = tumor_type in ('DC','LC','MC','PC')
+    stroma = 0.55 if tumor_type != 'F' else 0.15   # fibroadenoma: stroma-rich, few gaps
     noise = Image.fromarray((rng.random((h//12+2, w//12+2))*255).astype(np.uint8))
     tex = np.array(noise.resize((w,h), Image.BICUBIC).filter(ImageFilter.GaussianBlur(4)), dtype=np.float32)/255
-    mix = np.clip(2.2*tex - 0.55, 0, 1)[...,None]
+    mix = np.clip(2.2*tex - stroma, 0, 1)[...,None]
     img = Image.fromarray((bg*(1-mix) + e_col*mix).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    area = w*h/(700*460)
+    lumen = tuple(int(c) for c in bg)
+    elong = 1.
+    S = lambda lo, hi: max(1, int(rng.uniform(lo, hi)*k))
+    if tumor_type == 'A':    # adenosis: crowded small glands
+        centres,_,_ = _rings(rng, S(30, 45), w, h, (7*scale, 11*scale), 9)
+    elif tumor_type == 'F':  # fibroadenoma: stroma-rich, slit-like compressed ducts
+        centres,_,_ = _rings(rng, S(7, 11), w, h, (30*scale, 55*scale), 26, squash=0.12)
+        stromal = rng.uniform((0,0), (w,h), (S(25, 45), 2))
+    elif tumor_type == 'PT': # phyllodes: leaf-like clefts in cellular stroma of spindle cells
+        for _ in range(S(2, 4)):
+            x0,y0 = rng.uniform((0,0),(w,h)); a = rng.uniform(0, np.pi); L = rng.uniform(80,160)*scale
+            pts = [(x0 + t*L*np.cos(a), y0 + t*L*np.sin(a) + 18*scale*np.sin(t*np.pi)) for t in np.linspace(0,1,12)]
+            draw.line(pts, fill=lumen, width=max(2, int(7*scale)))
+        centres = rng.uniform((0,0), (w,h), (S(160, 240), 2)); elong = 2.2
+    elif tumor_type == 'TA': # tubular adenoma: dense round tubules with open lumens
+        centres,c,r = _rings(rng, S(18, 26), w, h, (13*scale, 17*scale), 15)
+        for (x,y),rr in zip(c, r[:,0]): draw.ellipse([x-rr*0.7, y-rr*0.7, x+rr*0.7, y+rr*0.7], fill=lumen)
+    elif tumor_type == 'DC': # ductal carcinoma: solid nests of large pleomorphic nuclei
+        centres,_ = _clusters(rng, S(4, 7), w, h, int(rng.uniform(40, 60)), 28*scale)
+    elif tumor_type == 'LC': # lobular carcinoma: single files of small discohesive cells
+        centres = _files(rng, S(12, 18), w, h, int(rng.uniform(8, 14)), 11*scale)
+    elif tumor_type == 'MC': # mucinous carcinoma: pale mucin pools with floating clusters
+        mucin = tuple(int(c) for c in 0.75*bg + 0.25*np.array([170., 180., 230.]))
+        pools = rng.uniform((0,0), (w,h), (S(3, 6), 2))
+        for x,y in pools:
+            rx,ry = rng.uniform(60,110)*scale, rng.uniform(40,80)*scale
+            draw.ellipse([x-rx, y-ry, x+rx, y+ry], fill=mucin)
+        centres = (pools[:,None] + rng.normal(0, 25*scale, (len(pools), 16, 2))).reshape(-1,2)
+    else:                    # papillary carcinoma: finger-like fronds with fibrovascular cores
+        pts = []
+        for _ in range(S(5, 8)):
+            x0,y0 = rng.uniform((0,0),(w,h)); a = rng.uniform(0, 2*np.pi); L = rng.uniform(70,130)*scale
+            t = np.linspace(0, 1, 14)[:,None]; core = np.concatenate([x0 + t*L*np.cos(a), y0 + t*L*np.sin(a)], 1)
+            draw.line([tuple(p) for p in core], fill=tuple(int(c) for c in e_col*0.85), width=max(2, int(10*scale)))
+            nrm = np.array([-np.sin(a), np.cos(a)])
+            for sgn in (-1, 1): pts.append(core + sgn*nrm*9*scale)
+        centres = np.concatenate(pts) + rng.normal(0, 1.5*scale, (sum(len(p) for p in pts), 2))
     if malignant:
-        n = int(rng.uniform(110, 220) * area / scale**1.5)
-        centres = rng.uniform((0,0), (w,h), (n,2))
-        radius = lambda: rng.uniform(4.0, 8.5)*scale
+        small = tumor_type == 'LC'
+        radius = lambda: rng.uniform(3.5, 5.5)*scale if small else rng.uniform(4.5, 8.5)*scale
         dark = rng.uniform(0.7, 0.95)
-    else:  # benign: fewer nuclei, clustered in gland-like rings
-        n_gl = max(1, int(rng.uniform(7, 14)*area/scale**1.5))
-        gl = rng.uniform((0,0), (w,h), (n_gl,2))
-        per = max(3, int(rng.uniform(10, 20)))
-        ang = rng.uniform(0, 2*np.pi, (n_gl, per))
-        rad = rng.uniform(12, 26, (n_gl,1))*scale
-        centres = np.stack([gl[:,0:1] + rad*np.cos(ang), gl[:,1:2] + rad*np.sin(ang)], -1).reshape(-1,2)
-        centres = centres + rng.normal(0, 2*scale, centres.shape)
-        radius = lambda: rng.uniform(3.0, 5.5)*scale
-        dark = rng.uniform(0.5, 0.8)
+    else:
+        radius = lambda: rng.uniform(2.5, 4.5)*scale if tumor_type == 'PT' else rng.uniform(3.0, 5.5)*scale
+        dark = rng.uniform(0.45, 0.7)
+    if tumor_type == 'F':
+        for x,y in stromal: _nucleus(draw, rng, x, y, rng.uniform(2.5, 4)*scale, False, np.clip(bg*0.5 + h_col*0.5, 0, 255), 2.2)
     for x,y in centres:
         col = bg*(1-dark) + h_col*dark + rng.normal(0, 6, 3)
-        _nucleus(draw, rng, x, y, radius(), malignant, np.clip(col, 0, 255))
+        _nucleus(draw, rng, x, y, radius(), malignant, np.clip(col, 0, 255), elong)
     img = img.filter(ImageFilter.GaussianBlur(radius=max(0.6, 0.8*scale)))
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 4, (h,w,1))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
 
 # %% ../nbs/00_data.ipynb #a20f18fb
 TUMOR_TYPES = dict(A='adenosis', F='fibroadenoma', PT='phyllodes_tumor', TA='tubular_adenoma',
@@ -107,6 +159,11 @@ class BreakHisName(NamedTuple):
     magnification: int  # 40, 100, 200 or 400
     seq: int            # image number for this patient and magnification
 
+    @property
+    def case_id(self) -> str:
+        "The slide folder (case) of the image, e.g. `SOB_B_A_14-22549AB`: one patient may have several"
+        return f"SOB_{'B' if self.label=='benign' else 'M'}_{self.tumor_type}_{self.patient_id}"
+
 def parse_name(fname) -> BreakHisName:
     "Parse a BreakHis file name such as `SOB_B_A-14-22549AB-40-001.png`"
     name = Path(fname).name
@@ -125,18 +182,18 @@ def breakhis_relpath(r:BreakHisName, seq:int|None=None) -> Path:
     "Where the official layout puts the image described by `r`, relative to `BreaKHis_v1`"
     c = 'B' if r.label=='benign' else 'M'
     fname = f"SOB_{c}_{r.tumor_type}-{r.patient_id}-{r.magnification}-{seq or r.seq:03d}.png"
-    return (Path('histology_slides/breast')/r.label/'SOB'/r.tumor_name/f"SOB_{c}_{r.tumor_type}_{r.patient_id}"
-            /f"{r.magnification}X"/fname)
+    return Path('histology_slides/breast')/r.label/'SOB'/r.tumor_name/r.case_id/f"{r.magnification}X"/fname
 
 # %% ../nbs/00_data.ipynb #1c39cc59
 SYNTHETIC_MARKER = 'SYNTHETIC.txt'
 
 def make_synthetic_breakhis(dest, # folder to create the dataset in (it gets a `BreaKHis_v1` folder)
-                            n_patients:int=16, # patients, spread over the 8 tumour types, half of them malignant
-                            images_per_patient:int=4, # images per patient and magnification
+                            n_patients:int=16, # cases (slide folders), spread over the 8 tumour types, half of them malignant
+                            images_per_patient:int=4, # images per case and magnification
                             magnifications=MAGNIFICATIONS, # magnifications to draw
                             size=(700, 460), # image size (width, height)
                             seed:int=0, # the same seed writes the same images
+                            two_case_patient:bool=False, # make the last lobular case a second case of the last ductal patient, like 14-13412
                             progress:bool=True, # show a progress bar
                            ) -> Path:
     "Write a small BreakHis-like dataset in the official layout; return its `BreaKHis_v1` folder"
@@ -144,20 +201,23 @@ def make_synthetic_breakhis(dest, # folder to create the dataset in (it gets a `
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root}: already exists and is not empty; choose another destination (nothing was overwritten)")
     if n_patients < 4: raise UserError(f"n_patients={n_patients}: need at least 4 (2 benign, 2 malignant) for a patient-wise split")
+    if two_case_patient and n_patients < 4: raise UserError("two_case_patient needs a ductal and a lobular case: n_patients >= 4")
     rng = np.random.default_rng(seed)
     types = [BENIGN_TYPES[i//2 % 4] if i%2==0 else MALIGNANT_TYPES[i//2 % 4] for i in range(n_patients)]
+    pids = [f"99-{10000+i*37+int(rng.integers(0,37))}{'ABCDEFGH'[i%8]}" for i in range(n_patients)]
+    if two_case_patient: pids[max(i for i,t in enumerate(types) if t=='LC')] = pids[max(i for i,t in enumerate(types) if t=='DC')]
     todo = []
-    for i,tt in enumerate(types):
+    for i,(tt,pid) in enumerate(zip(types, pids)):
         label = 'benign' if tt in BENIGN_TYPES else 'malignant'
-        pid = f"99-{10000+i*37+int(rng.integers(0,37))}{'ABCDEFGH'[i%8]}"
         for mag in listify(magnifications):
             for s in range(1, images_per_patient+1):
                 todo.append((BreakHisName(label, tt, TUMOR_TYPES[tt], pid, int(mag), s), i))
-    stains = [_patient_stain(np.random.default_rng([seed, i])) for i in range(n_patients)]
+    looks = [np.random.default_rng([seed, i]) for i in range(n_patients)]
+    looks = [(_patient_stain(g), g.uniform(0.75, 1.3)) for g in looks]  # each case's stain and density
     for k,(r,i) in enumerate(progress_bar(todo, leave=False) if progress else todo):
         p = root/breakhis_relpath(r)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tile = synthetic_tile(r.label=='malignant', r.magnification, size, stains[i], np.random.default_rng([seed, i, k]))
+        tile = synthetic_tile(r.tumor_type, r.magnification, size, *looks[i], rng=np.random.default_rng([seed, i, k]))
         tile.save(p, compress_level=1)
     (root/SYNTHETIC_MARKER).write_text("Synthetic BreakHis-like images written by breakhis_clf.data.make_synthetic_breakhis.\n"
                                        "Not real tissue: for tests, demos and offline runs only.\n")
@@ -204,12 +264,12 @@ def breakhis_df(path, # a `BreaKHis_v1` folder, a parent or child of it, or a fl
         try: r = parse_name(p)
         except UserError: skipped.append(p); continue
         if (msg := _folder_mismatch(p, r)): raise UserError(f"{p}: {msg}")
-        rows.append(dict(path=str(p.resolve()), **r._asdict()))
+        rows.append(dict(path=str(p.resolve()), **r._asdict(), case_id=r.case_id))
     if skipped:
         warnings.warn(f"{len(skipped)} file(s) under {path} are not BreakHis images and were left out: "
                       + ', '.join(str(s.relative_to(path)) for s in skipped[:10]) + (' ...' if len(skipped)>10 else ''))
     if not rows: raise UserError(f"{path}: no BreakHis images found (expected names like SOB_B_A-14-22549AB-40-001.png)")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows)[['path', 'label', 'tumor_type', 'tumor_name', 'patient_id', 'case_id', 'magnification', 'seq']]
     if mags:
         df = df[df.magnification.isin(mags)]
         if df.empty: raise UserError(f"{path}: no images at magnification {', '.join(f'{m}X' for m in mags)}")
@@ -247,32 +307,47 @@ def _patient_strata(df, by='label'):
     "Each patient's stratum: its most frequent value of column `by`"
     return df.groupby('patient_id')[by].agg(lambda s: s.value_counts().index[0])
 
-def patient_split(df:pd.DataFrame, # a table from `breakhis_df`
-                  valid_pct:float=0.3, # fraction of each class's patients to validate on
-                  seed:int=42, # the same seed gives the same split
-                  col:str='is_valid', # name of the boolean column to add
-                  by:str='label', # stratify on 'label', or on 'tumor_type' for the 8-class task
-                 ) -> pd.DataFrame:
-    "A copy of `df` with a `col` column that puts each patient wholly in training or validation"
-    if not 0 < valid_pct < 1: raise UserError(f"valid_pct={valid_pct}: must be between 0 and 1")
-    if missing := set(LABELS) - set(df.label):
-        raise UserError(f"a patient-wise split needs both classes; no {', '.join(sorted(missing))} patients found")
-    strata = _patient_strata(df, by)
-    rng,valid = np.random.default_rng(seed),set()
+def _draw_patients(strata, pct, rng, keep, by, what):
+    "Draw `pct` of each stratum's patients (at least 1), leaving at least `keep` in every stratum"
+    drawn = set()
     for s,pats in strata.groupby(strata).groups.items():
         pats = sorted(pats)
-        if len(pats) < 2: raise UserError(f"a patient-wise split needs at least 2 patients of each {by}; {s} has {len(pats)}")
-        n = min(len(pats)-1, max(1, round(valid_pct*len(pats))))
-        valid |= set(rng.permutation(pats)[:n])
+        if len(pats) < keep+1: raise UserError(f"a patient-wise split with a {what} set needs at least {keep+1} patients of each {by}; {s} has {len(pats)}")
+        n = min(len(pats)-keep, max(1, round(pct*len(pats))))
+        drawn |= set(rng.permutation(pats)[:n])
+    return drawn
+
+def patient_split(df:pd.DataFrame, # a table from `breakhis_df` (rows already marked `subset='test'` stay test)
+                  valid_pct:float=0.3, # fraction of each stratum's patients to validate on
+                  seed:int=42, # the same seed gives the same split
+                  col:str='is_valid', # name of the boolean column marking validation rows
+                  by:str='label', # stratify on 'label', or on 'tumor_type' for the 8-class task
+                  test_pct:float=0., # fraction of each stratum's patients held out for a final test (0: none)
+                 ) -> pd.DataFrame:
+    "A copy of `df` with `subset` (train, valid or test) and `col`, putting each patient wholly in one subset"
+    if not 0 < valid_pct < 1: raise UserError(f"valid_pct={valid_pct}: must be between 0 and 1")
+    if not 0 <= test_pct < 1 or valid_pct + test_pct >= 1: raise UserError(f"test_pct={test_pct}: must be at least 0, and below 1 - valid_pct")
+    if missing := set(LABELS) - set(df.label):
+        raise UserError(f"a patient-wise split needs both classes; no {', '.join(sorted(missing))} patients found")
+    rng = np.random.default_rng(seed)
+    given = (df['subset'] == 'test') if 'subset' in df.columns else pd.Series(False, index=df.index)  # e.g. a published fold
+    tested, strata = set(df.patient_id[given]), _patient_strata(df, by)
+    if test_pct: tested |= _draw_patients(strata.drop(list(tested)), test_pct, rng, 2, by, 'test')
+    rest = strata.drop(list(tested))  # validation patients never have a test case
+    valid = _draw_patients(rest, valid_pct*len(strata)/len(rest) if tested else valid_pct, rng, 1, by, 'validation')
     res = df.copy()
-    res[col] = res.patient_id.isin(valid)
+    drawn = res.patient_id.isin(tested) & ~res.patient_id.isin(set(df.patient_id[given]))
+    res['subset'] = np.where(given | drawn, 'test', np.where(res.patient_id.isin(valid), 'valid', 'train'))
+    res[col] = res['subset'] == 'valid'
     return res
 
+
 # %% ../nbs/00_data.ipynb #055027dc
-def leaked_patients(df:pd.DataFrame, col:str='is_valid') -> list:
-    "Patients whose images fall on both sides of the split in `col` (should be empty)"
-    sides = df.groupby('patient_id')[col].nunique()
+def leaked_patients(df:pd.DataFrame, col:str|None=None) -> list:
+    "Patients whose images fall in more than one subset of `col` (default: `subset` if there, else `is_valid`); should be empty"
+    sides = df.groupby('patient_id')[col or ('subset' if 'subset' in df.columns else 'is_valid')].nunique()
     return sorted(sides[sides > 1].index)
+
 
 # %% ../nbs/00_data.ipynb #a1aa5fbc
 def spanhol_splits(df:pd.DataFrame, # a table from `breakhis_df`
@@ -316,14 +391,18 @@ def folds_split(df:pd.DataFrame, # a table from `breakhis_df`
                 folds:pd.DataFrame, # from `read_folds`
                 fold:int=1, # which fold (1-5)
                ) -> pd.DataFrame:
-    "Rows of `df` in `fold`, with `is_valid` set for the fold's test images"
+    "Rows of `df` in `fold`, as published: `subset` is the fold's train or test group (and `is_valid` is False)"
     f = folds[folds.fold==fold]
     if f.empty: raise UserError(f"fold {fold} not in Folds.csv (folds: {sorted(folds.fold.unique())})")
     grp = dict(zip(f.fname, f.grp))
     res = df[df.path.map(lambda p: Path(p).name in grp)].copy()
     if res.empty: raise UserError(f"none of the images match fold {fold} of Folds.csv")
-    res['is_valid'] = res.path.map(lambda p: grp[Path(p).name] == 'test')
-    if leak := leaked_patients(res): warnings.warn(f"fold {fold} puts {len(leak)} patient(s) on both sides: {leak[:5]}")
+    res['subset'] = res.path.map(lambda p: 'test' if grp[Path(p).name] == 'test' else 'train')
+    res['is_valid'] = False
+    if leak := leaked_patients(res):
+        sides = res.groupby(['patient_id', 'case_id'])['subset'].agg(lambda s: '+'.join(sorted(set(s))))
+        warnings.warn(f"fold {fold} of Folds.csv puts {len(leak)} patient(s) on both sides, kept as published: " + '; '.join(
+            f"{p} ({', '.join(f'{c} in {s}' for c,s in sides[p].items())})" for p in leak))
     return res
 
 # %% ../nbs/00_data.ipynb #6e4ff8d8

@@ -72,7 +72,7 @@ def _check_split_df(df, target, valid_col):
     if missing := sorted(set(df[target]) - set(tr[target])):
         raise UserError(f"no training images for class(es) {', '.join(missing)}: use more patients or another split")
 
-def breakhis_dls(df:pd.DataFrame, # a split table: `breakhis_df` + `patient_split` (column `is_valid`)
+def breakhis_dls(df:pd.DataFrame, # a split table: `breakhis_df` + `patient_split` (columns `is_valid`, maybe `subset`)
                  size:int=224, # side of the square crop fed to the model
                  bs:int=32, # batch size
                  target:str='label', # 'label' (benign/malignant) or 'tumor_type' (8 classes)
@@ -83,7 +83,8 @@ def breakhis_dls(df:pd.DataFrame, # a split table: `breakhis_df` + `patient_spli
                  device=None, # where batches go (default: GPU when there is one)
                  **kwargs, # passed to `DataBlock.dataloaders`
                 ) -> DataLoaders:
-    "fastai `DataLoaders` for BreakHis: training and validation batches of images and labels"
+    "fastai `DataLoaders` for BreakHis: training and validation batches (rows of the `test` subset are left out)"
+    if 'subset' in df.columns: df = df[df['subset'] != 'test']  # the test patients stay unseen until the final report
     _check_split_df(df, target, valid_col)
     n_train = int((~df[valid_col].astype(bool)).sum())
     if bs > n_train:

@@ -19,12 +19,12 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 
 # %% auto #0
-__all__ = ['POSITIVE', 'META_COLS', 'REPORT_FILES', 'class_names', 'is_binary', 'truth_col', 'predictions_table',
-           'predictions_df', 'class_codes', 'roc_auc', 'image_metrics', 'patient_scores', 'patient_recognition_rate',
-           'patient_metrics', 'headline_metrics', 'plot_confusion', 'plot_roc', 'by_group', 'bootstrap_counts',
-           'resample_patients', 'bootstrap_ci', 'accuracy_metrics', 'weighted_auc', 'weighted_metrics',
-           'resampled_stats', 'report_ci', 'evaluation_report', 'plot_by_group', 'markdown_table', 'summary_markdown',
-           'check_report_dir', 'write_report', 'evaluate']
+__all__ = ['POSITIVE', 'META_COLS', 'SMALL_SAMPLE', 'REPORT_FILES', 'class_names', 'is_binary', 'truth_col', 'predictions_table',
+           'predictions_df', 'class_codes', 'roc_auc', 'image_metrics', 'score_unit', 'patient_scores',
+           'patient_recognition_rate', 'patient_metrics', 'headline_metrics', 'plot_confusion', 'plot_roc', 'by_group',
+           'bootstrap_counts', 'resample_patients', 'bootstrap_ci', 'accuracy_metrics', 'weighted_auc',
+           'weighted_metrics', 'resampled_stats', 'report_ci', 'evaluation_report', 'plot_by_group', 'markdown_table',
+           'describe_data', 'summary_markdown', 'check_report_dir', 'write_report', 'evaluate']
 
 # %% ../nbs/04_evaluate.ipynb #fde27b46
 POSITIVE = 'malignant'  # the positive class of the binary task (ROC curves, AUC, patient malignant score)
@@ -47,17 +47,31 @@ def truth_col(preds:pd.DataFrame) -> str:
     return 'label' if set(class_names(preds)) <= set(LABELS) else 'tumor_type'
 
 # %% ../nbs/04_evaluate.ipynb #a260561b
-META_COLS = ('path', 'patient_id', 'magnification', 'tumor_type', 'label')  # what the predictions table keeps of each image
+META_COLS = ('path', 'patient_id', 'case_id', 'magnification', 'tumor_type', 'label')  # what the predictions table keeps of each image
 
-def _items_table(items) -> pd.DataFrame:
-    "The image table behind `items` (a DataFrame or a DataLoader), keeping only `is_valid` rows of a DataFrame"
+def _subset_rows(df, subset):
+    "The rows of split table `df` in `subset` ('valid', 'test' or 'train'; None: all rows)"
+    if subset is None: return df
+    if 'subset' in df.columns: rows = df[df['subset'] == subset]
+    elif 'is_valid' in df.columns and subset in ('valid', 'train'): rows = df[df['is_valid'].astype(bool) == (subset == 'valid')]
+    elif subset == 'valid': return df  # a table without a split: all of it
+    else: raise UserError(f"the table has no `subset` column, so no {subset} rows (split it with `patient_split(..., test_pct=...)`)")
+    if rows.empty: raise UserError(f"no images to evaluate: the table has no {subset} rows"
+                                   + (" (no rows with is_valid=True)" if subset == 'valid' and 'subset' not in df.columns else ''))
+    return rows
+
+def _items_table(items, subset='valid') -> pd.DataFrame:
+    "The image table behind `items` (a DataFrame or a DataLoader), keeping only the `subset` rows of a split table"
     if isinstance(items, pd.DataFrame):
-        df = items[items['is_valid'].astype(bool)] if 'is_valid' in items.columns else items
-        if df.empty: raise UserError("no images to evaluate: the table is empty or has no rows with is_valid=True")
+        df = _subset_rows(items, subset)
+        if df.empty: raise UserError("no images to evaluate: the table is empty")
     elif isinstance(items, DataLoader):
         df = items.items
-        if not isinstance(df, pd.DataFrame): df = pd.DataFrame([dict(path=str(p), **parse_name(p)._asdict()) for p in df])
+        if not isinstance(df, pd.DataFrame):
+            df = pd.DataFrame([dict(path=str(p), **(r := parse_name(p))._asdict(), case_id=r.case_id) for p in df])
     else: raise UserError(f"cannot evaluate a {type(items).__name__}: pass a table from `breakhis_df` or a fastai DataLoader")
+    if 'case_id' not in df.columns and 'path' in df.columns:  # a table from before cases were recorded
+        df = df.assign(case_id=[parse_name(p).case_id for p in df['path']])
     if missing := [c for c in META_COLS if c not in df.columns]:
         raise UserError(f"the image table lacks column(s) {', '.join(missing)} (make it with `breakhis_df`)")
     return df.reset_index(drop=True)
@@ -78,10 +92,11 @@ def predictions_table(df:pd.DataFrame, # image table (from `breakhis_df`), one r
 
 # %% ../nbs/04_evaluate.ipynb #8df762c0
 def predictions_df(learn:Learner, # a trained classifier
-                   items, # a table from `breakhis_df` (`is_valid` rows only, if it has that column) or a `DataLoader`
+                   items, # a table from `breakhis_df` (split or not) or a `DataLoader`
+                   subset:str|None='valid', # the rows of a split table to predict: 'valid', 'test', 'train'; None: all
                   ) -> pd.DataFrame:
     "The predictions table of `learn` on `items`: one row per image, with class probabilities"
-    df = _items_table(items)
+    df = _items_table(items, subset)
     if isinstance(items, DataLoader) and not isinstance(items.items, pd.DataFrame): dl = items.new(shuffle=False, drop_last=False)
     else: dl = learn.dls.test_dl(df, with_labels=True)
     probs, targs = learn.get_preds(dl=dl)
@@ -138,19 +153,24 @@ def image_metrics(preds:pd.DataFrame, # predictions table
     return res
 
 # %% ../nbs/04_evaluate.ipynb #c34e3eaf
+def score_unit(preds:pd.DataFrame) -> str:
+    "What patient-level scores group by: `patient_id`, or `case_id` for tumour types (a patient may have two cases)"
+    return 'case_id' if truth_col(preds) == 'tumor_type' and 'case_id' in preds.columns else 'patient_id'
+
 def patient_scores(preds:pd.DataFrame, # predictions table
                   ) -> pd.DataFrame:
-    "One row per patient: true class, image count, mean class probabilities, prediction, fraction of images right"
-    tc, cs, pcols = truth_col(preds), class_names(preds), _prob_cols(preds)
-    g = preds.groupby('patient_id', sort=True)
+    "One row per patient (per case for tumour types): true class, image count, mean class probabilities, prediction, fraction of images right"
+    tc, cs, pcols, unit = truth_col(preds), class_names(preds), _prob_cols(preds), score_unit(preds)
+    g = preds.groupby(unit, sort=True)
     mixed = g[tc].nunique()
-    if (mixed > 1).any(): raise UserError(f"patients with more than one {tc}: {list(mixed[mixed>1].index)}")
+    if (mixed > 1).any(): raise UserError(f"{unit.split('_')[0]}s with more than one {tc}: {list(mixed[mixed>1].index)}")
     res = g[pcols].mean()
     res.insert(0, tc, g[tc].first())
-    res.insert(1, 'n_images', g.size())
+    if unit != 'patient_id': res.insert(1, 'patient_id', g['patient_id'].first())
+    res.insert(len(res.columns) - len(pcols), 'n_images', g.size())
     res['prediction'] = np.array(cs)[res[pcols].to_numpy().argmax(1)]
     res['probability'] = res[f'p_{POSITIVE}'] if is_binary(preds) else res[pcols].max(axis=1)
-    res['recognition_rate'] = (preds[tc] == preds['prediction']).groupby(preds['patient_id']).mean()
+    res['recognition_rate'] = (preds[tc] == preds['prediction']).groupby(preds[unit]).mean()
     return res
 
 # %% ../nbs/04_evaluate.ipynb #8ffd39c4
@@ -184,7 +204,7 @@ def plot_confusion(preds:pd.DataFrame, # predictions table
     cs, tc = class_names(preds), truth_col(preds)
     fig, axs = plt.subplots(1, 2, figsize=figsize)
     ps = patient_scores(preds)
-    for ax,(d,what) in zip(axs, [(preds,'images'), (ps,'patients')]):
+    for ax,(d,what) in zip(axs, [(preds,'images'), (ps,'patients' if score_unit(preds) == 'patient_id' else 'cases')]):
         skm.ConfusionMatrixDisplay.from_predictions(d[tc], d['prediction'], labels=cs, ax=ax, cmap='Blues',
                                                     colorbar=False, xticks_rotation=45 if len(cs) > 2 else 0)
         ax.set_title(f'{what} (n={len(d)})')
@@ -240,7 +260,8 @@ def resample_patients(preds:pd.DataFrame, # predictions table
     pick = np.repeat(np.arange(len(idx)), counts)
     rows = np.concatenate([idx[i] for i in pick])
     new_ids = np.repeat(np.arange(len(pick)), [len(idx[i]) for i in pick])
-    return preds.iloc[rows].assign(patient_id=new_ids)
+    res = preds.iloc[rows].assign(patient_id=new_ids)
+    return res.assign(case_id=res['case_id'].astype(str) + '#' + new_ids.astype(str)) if 'case_id' in res.columns else res
 
 # %% ../nbs/04_evaluate.ipynb #46b3b8af
 def _percentile_ci(stats:dict, level:float) -> dict:
@@ -330,17 +351,19 @@ def resampled_stats(preds:pd.DataFrame, # predictions table
     "`_report_stats` of the B resamples given by `counts`, computed at once with weights: name -> (B,) array"
     counts = np.asarray(counts, float)
     pidx, ps = _patient_index(preds), patient_scores(preds)
+    pats = pd.Index(sorted(preds['patient_id'].unique()))
+    of = lambda s: pats.get_indexer(s['patient_id'] if 'patient_id' in s.columns else s.index)  # each score's patient
     res = {}
-    for lvl,d,w in (('image', preds, counts[:, pidx]), ('patient', ps, counts)):
+    for lvl,d,w in (('image', preds, counts[:, pidx]), ('patient', ps, counts[:, of(ps)])):
         m = weighted_metrics(d, w)
         res.update({f'{lvl}_{k}': v for k,v in m.items()})
-        res[f'{lvl}_recognition_rate'] = m['accuracy'] if lvl == 'image' else _wmean(ps['recognition_rate'], counts)
+        res[f'{lvl}_recognition_rate'] = m['accuracy'] if lvl == 'image' else _wmean(ps['recognition_rate'], w)
     tc = truth_col(preds)
     for col in ci_by:
         for g,rows in preds.groupby(col, sort=True).indices.items():
             d = preds.iloc[rows]
             psg = patient_scores(d)
-            pw = counts[:, ps.index.get_indexer(psg.index)]
+            pw = counts[:, of(psg)]
             res.update({(col, g, 'image_accuracy'): _wmean(d[tc].to_numpy() == d['prediction'].to_numpy(), counts[:, pidx[rows]]),
                         (col, g, 'patient_accuracy'): _wmean(psg[tc] == psg['prediction'], pw),
                         (col, g, 'patient_recognition_rate'): _wmean(psg['recognition_rate'], pw)})
@@ -373,17 +396,21 @@ def _jsonable(o):
     if isinstance(o, float) and not np.isfinite(o): return None
     return o
 
+SMALL_SAMPLE = 10  # fewer evaluated patients than this: the report says its intervals are not information
+
 def evaluation_report(preds:pd.DataFrame, # predictions table
                       n_boot:int=1000, # bootstrap resamples for the confidence intervals (0: none)
                       level:float=0.95, # confidence level
                       seed:int=0, # bootstrap seed
                       ci_by=('magnification',), # also put intervals on the `accuracy_metrics` of these slices
                       progress:bool=True, # show a progress bar during the bootstrap
+                      about:dict|None=None, # what was trained and evaluated: `subset`, `trained_on` (see `describe_data`), ...
                      ) -> dict:
     "Every number of the evaluation of `preds` in one JSON-able dict"
     cs = class_names(preds)
-    rep = dict(target=truth_col(preds), classes=cs, positive_class=POSITIVE if is_binary(preds) else None,
-               n_images=len(preds), n_patients=int(preds['patient_id'].nunique()),
+    rep = dict(**(about or {}), target=truth_col(preds), classes=cs, positive_class=POSITIVE if is_binary(preds) else None,
+               n_images=len(preds), n_patients=int(preds['patient_id'].nunique()), n_cases=int(preds['case_id'].nunique()),
+               score_unit=score_unit(preds), small_sample=bool(preds['patient_id'].nunique() < SMALL_SAMPLE),
                headline=headline_metrics(preds), image=image_metrics(preds), patient=patient_metrics(preds))
     for col in ('magnification', 'tumor_type'): rep[f'by_{col}'] = by_group(preds, col).to_dict(orient='index')
     if n_boot:
@@ -437,6 +464,24 @@ def _with_ci(v, ci):
     if v is None: return None
     return f'{v:.3f}' + (f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci and None not in ci else '')
 
+def describe_data(d:dict) -> str:
+    "One line saying what a dataset was: `d` has data, synthetic, magnifications, n_patients and n_images"
+    what = 'SYNTHETIC BreakHis-like images (not real tissue)' if d.get('synthetic') else 'BreakHis images'
+    mags = '/'.join(f'{m}X' for m in d.get('magnifications') or [])
+    return f"{what} from {d.get('data', '?')}" + (f", {mags}" if mags else '') + f", {d.get('n_images', '?')} images of {d.get('n_patients', '?')} patients"
+
+def _about_lines(rep):
+    "What the model was trained on and what this report evaluated, as Markdown lines"
+    sub = rep.get('subset')
+    where = {'test': "the **test** patients, held out from training and from every choice made on validation",
+             'valid': "the **validation** patients, which chose the kept epoch: an optimistic figure (train with a test split for an unbiased one)"
+            }.get(sub, f"images under {rep['evaluated_data']}" if rep.get('evaluated_data') else 'the images given')
+    lines = [f"- Model trained on: {describe_data(rep['trained_on'])}." if rep.get('trained_on') else None,
+             f"- Evaluated on: {where}: {rep['n_images']} images of {rep['n_patients']} patients."]
+    if rep.get('small_sample'): lines.append(f"- **Only {rep['n_patients']} patients were evaluated**, fewer than {SMALL_SAMPLE}: "
+                                             "the intervals below carry little information; read these numbers as a check that the pipeline runs.")
+    return '\n'.join(l for l in lines if l)
+
 def summary_markdown(rep:dict, # an `evaluation_report`
                     ) -> str:
     "A Markdown summary of `rep`: headline numbers with intervals, per-class report, slices"
@@ -456,10 +501,10 @@ def summary_markdown(rep:dict, # an `evaluation_report`
     ci_txt = (f"{ci['level']:.0%} intervals: percentile bootstrap over patients, {ci['n_boot']} resamples."
               if ci else 'No confidence intervals were computed.')
     return '\n\n'.join([
-        f"# Evaluation: {task}", f"{rep['n_images']} images of {rep['n_patients']} patients. {ci_txt}",
+        f"# Evaluation: {task}", _about_lines(rep), ci_txt,
         "## Headline numbers", markdown_table(head),
         "## Per class (images)", markdown_table(cr),
-        "## Confusion matrices", markdown_table(cms[0]), markdown_table(cms[1]),
+        "## Confusion matrices", markdown_table(cms[0]), markdown_table(cms[1].rename_axis(rep.get('score_unit', 'patient_id').split('_')[0])),
         "## By magnification", markdown_table(by['magnification']),
         "## By tumour type", markdown_table(by['tumor_type'])]) + '\n'
 
@@ -474,8 +519,15 @@ def check_report_dir(out) -> Path:
         raise UserError(f"{out}: already exists and is not empty; choose another output folder (nothing was overwritten)")
     return out
 
-def _save(fig, fn):
-    "Save `fig` to `fn` and close it"
+def _footnote(rep):
+    "A figure footnote: what was trained and what was evaluated"
+    t = f"trained on {describe_data(rep['trained_on'])}" if rep.get('trained_on') else ''
+    e = f"evaluated on {rep['subset'] + ' ' if rep.get('subset') in ('test', 'valid') else ''}patients: {rep['n_images']} images of {rep['n_patients']}"
+    return '; '.join(s for s in (t, e) if s) + (' (too few for firm conclusions)' if rep.get('small_sample') else '')
+
+def _save(fig, fn, note=None):
+    "Save `fig` to `fn` with the footnote `note`, and close it"
+    if note: fig.text(0.01, -0.01, note, fontsize=7, ha='left', va='top', wrap=True, color='0.3')
     fig.savefig(fn, dpi=110, bbox_inches='tight')
     plt.close(fig)
 
@@ -489,22 +541,25 @@ def write_report(preds:pd.DataFrame, # predictions table
     preds.to_csv(out/'predictions.csv', index=False)
     (out/'metrics.json').write_text(json.dumps(rep, indent=2, allow_nan=False) + '\n')
     (out/'summary.md').write_text(summary_markdown(rep))
-    _save(plot_confusion(preds), out/'confusion_matrix.png')
-    _save(plot_roc(preds), out/'roc_curve.png')
-    _save(plot_by_group(rep, 'magnification'), out/'by_magnification.png')
+    note = _footnote(rep)
+    _save(plot_confusion(preds), out/'confusion_matrix.png', note)
+    _save(plot_roc(preds), out/'roc_curve.png', note)
+    _save(plot_by_group(rep, 'magnification'), out/'by_magnification.png', note)
     return out
 
 # %% ../nbs/04_evaluate.ipynb #7a19bfa0
 def evaluate(learn:Learner, # a trained classifier
-             items, # a table from `breakhis_df` (`is_valid` rows only, if it has that column) or a `DataLoader`
+             items, # a table from `breakhis_df` (split or not) or a `DataLoader`
+             subset:str|None='valid', # the rows of a split table to evaluate: 'valid', 'test'; None: all
              out=None, # new folder for the report files; None: only return the report
              n_boot:int=1000, # bootstrap resamples for the confidence intervals (0: none)
              seed:int=0, # bootstrap seed
              progress:bool=True, # show progress bars
+             about:dict|None=None, # what was trained and evaluated (see `evaluation_report`)
             ) -> dict:
     "Evaluate `learn` on `items`: return the `evaluation_report` and write the report files into `out`"
     if out is not None: out = check_report_dir(out)
-    preds = predictions_df(learn, items)
-    rep = evaluation_report(preds, n_boot=n_boot, seed=seed, progress=progress)
+    preds = predictions_df(learn, items, subset)
+    rep = evaluation_report(preds, n_boot=n_boot, seed=seed, progress=progress, about=about)
     if out is not None: write_report(preds, rep, out)
     return rep

@@ -7,7 +7,7 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/inference.html.md"""
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'FORMAT_VERSION', 'MODEL_FILES', 'preprocessing', 'model_meta', 'save_model', 'BreakHisModel',
            'ModelError', 'read_meta', 'load_model', 'image_files', 'class_probs', 'predict', 'predict_lines',
-           'predict_cmd', 'fresh_dir', 'read_split', 'model_predictions', 'evaluate_run']
+           'model_summary', 'predict_cmd', 'fresh_dir', 'read_split', 'model_predictions', 'evaluate_run']
 
 # %% ../nbs/06_inference.ipynb #777b4192
 import json, sys, warnings, contextlib
@@ -30,7 +30,7 @@ from safetensors.torch import save_file, load_file
 
 from .data import load_rgb, BadImageError, UserError, LABELS, TUMOR_TYPES, IMAGE_EXTS, breakhis_df
 from .learner import ARCHS, get_arch
-from breakhis_clf.evaluate import (META_COLS, _items_table, predictions_table, check_report_dir, evaluation_report,
+from breakhis_clf.evaluate import (META_COLS, describe_data, _items_table, predictions_table, check_report_dir, evaluation_report,
     write_report)
 
 # %% ../nbs/06_inference.ipynb #d2571164
@@ -91,12 +91,13 @@ def model_meta(learn, # a trained fastai vision `Learner`
 def save_model(learn, # the trained fastai `Learner`
                run_dir:str|Path, # run folder (created if missing); must not already hold a model
                target:str|None=None, # the column the model predicts; guessed from the classes when None
+               trained_on:dict|None=None, # what the model was trained on, recorded in `model.json` (see `describe_data`)
               )->Path:
     "Write `learn` to `run_dir` as `model.pkl` (fastai export) and `model.safetensors` + `model.json` (safe form)"
     run_dir = Path(run_dir)
     there = [f for f in MODEL_FILES if (run_dir/f).exists()]
     if there: raise UserError(f"{run_dir}: already holds {', '.join(there)}; refusing to overwrite (use a new run folder)")
-    meta = model_meta(learn, target)
+    meta = {**model_meta(learn, target), **({'trained_on': trained_on} if trained_on else {})}
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
     save_file(weights, run_dir/'model.safetensors', metadata={'format': MODEL_FORMAT, 'format_version': str(FORMAT_VERSION)})
@@ -272,6 +273,12 @@ def predict_lines(preds:pd.DataFrame)->tuple[list, list]:
     return ([f'{r.path}\t{r.prediction}\t{r.probability:.4f}' for r in preds[ok].itertuples()],
             [f'{r.path}: {r.error}' for r in preds[~ok].itertuples()])
 
+def model_summary(model:BreakHisModel)->str:
+    "One line saying what `model` classifies and what it was trained on"
+    m, t = model.meta, model.meta.get('trained_on')
+    return (f"{m['arch']} classifying {', '.join(m['classes'])}, trained on "
+            + (describe_data(t) if isinstance(t, dict) else 'data its model.json does not record'))
+
 def predict_cmd(model:str|Path, # run folder holding the saved model
                 paths:list, # image files and/or folders
                 csv:str|Path|None=None, # write all rows here instead of printing (must not exist)
@@ -283,6 +290,7 @@ def predict_cmd(model:str|Path, # run folder holding the saved model
     if csv is not None and Path(csv).exists(): raise UserError(f"{csv}: already exists; refusing to overwrite")
     if csv is not None and not Path(csv).parent.is_dir(): raise UserError(f"{csv}: folder {Path(csv).parent} does not exist")
     m = load_model(model, safe=safe)
+    print(f'breakhis-clf: model {model}: {model_summary(m)}', file=sys.stderr)
     with contextlib.redirect_stdout(sys.stderr): preds = predict(m, paths, bs=bs, tta=tta)  # progress bar to stderr
     lines, problems = predict_lines(preds)
     for l in problems: print(f'breakhis-clf: skipped {l}', file=sys.stderr)
@@ -305,24 +313,29 @@ def read_split(fn) -> pd.DataFrame:
     fn = Path(fn)
     if not fn.exists(): raise UserError(f"{fn}: missing (a run folder written by `breakhis-clf train` has one)")
     df = pd.read_csv(fn, dtype={'patient_id': str})
-    if missing := [c for c in (*META_COLS, 'is_valid') if c not in df.columns]:
+    if 'subset' not in df.columns and 'is_valid' in df.columns:  # written before test splits existed
+        df['subset'] = np.where(df['is_valid'].astype(bool), 'valid', 'train')
+    if 'case_id' not in df.columns and 'path' in df.columns: df = _items_table(df, None)
+    if missing := [c for c in (*META_COLS, 'is_valid', 'subset') if c not in df.columns]:
         raise UserError(f"{fn}: lacks column(s) {', '.join(missing)}")
     return df.assign(is_valid=df['is_valid'].astype(bool))
 
 def _run_items(run_dir, data):
-    "The images to evaluate a run on: its validation rows, or the images under `data` (warning on seen patients)"
+    "The images to evaluate a run on and which subset they are: its test rows (else validation rows), or the images under `data`"
     split = read_split(run_dir/'split.csv') if data is None or (run_dir/'split.csv').exists() else None
     if data is None:
-        items = split[split.is_valid]
+        sub = 'test' if (split['subset'] == 'test').any() else 'valid'
+        items = split[split['subset'] == sub].drop(columns=['is_valid', 'subset'])
         if (gone := [p for p in items.path if not Path(p).exists()]):
-            raise UserError(f"{len(gone)} validation image(s) listed in {run_dir/'split.csv'} are missing, e.g. {gone[0]}; "
+            raise UserError(f"{len(gone)} {sub} image(s) listed in {run_dir/'split.csv'} are missing, e.g. {gone[0]}; "
                             "pass the data folder (--data PATH) to evaluate on the images there")
-        return items
+        return items, sub
     items = breakhis_df(data)
-    if split is not None and (seen := sorted(set(items.patient_id) & set(split.patient_id[~split.is_valid]))):
+    if split is not None and (seen := sorted(set(items.patient_id) & set(split.patient_id[split['subset'] == 'train']))):
         warnings.warn(f"{len(seen)} of the {items.patient_id.nunique()} patients in {data} were used for training "
                       f"(e.g. {seen[0]}): their numbers will be optimistic")
-    return items
+    return items, 'external'
+
 
 def model_predictions(model:BreakHisModel, # a loaded model, from `breakhis_clf.inference.load_model`
                       items:pd.DataFrame, # a table from `breakhis_df` (`is_valid` rows only, if it has that column)
@@ -354,15 +367,16 @@ def evaluate_run(run_dir, # a run folder written by `breakhis-clf train` (holds 
                  bs:int=32, # images per batch
                  progress:bool=True, # show progress bars
                 ) -> dict:
-    "Evaluate the model of a training run and write its report folder; what `breakhis-clf evaluate` does"
+    "Evaluate the model of a training run on its test patients (else validation patients) and write its report folder; what `breakhis-clf evaluate` does"
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir(): raise UserError(f"{run_dir}: run folder not found")
     out = check_report_dir(out) if out is not None else fresh_dir(run_dir/'evaluation')
     model = load_model(run_dir, safe=safe)
-    items = _run_items(run_dir, data)
+    items, sub = _run_items(run_dir, data)
     preds, bad = model_predictions(model, items, bs=bs, progress=progress)
     if len(bad): _warn_skipped(bad)
-    rep = evaluation_report(preds, n_boot=n_boot, progress=progress)
+    about = dict(subset=sub, trained_on=model.meta.get('trained_on'), evaluated_data=None if data is None else str(data))
+    rep = evaluation_report(preds, n_boot=n_boot, progress=progress, about={k:v for k,v in about.items() if v is not None})
     write_report(preds, rep, out)
     if len(bad): bad.to_csv(out/'skipped.csv', index=False)
     return {**rep, 'out': str(out), 'skipped': bad.to_dict(orient='records')}

@@ -94,8 +94,8 @@ def test_read_folds(tmp_path, synth_root):
     pd.DataFrame(dict(fold=2, mag=df.magnification, grp=np.where(ps.is_valid, 'test', 'train'),
                       filename=[str(Path(p).relative_to(synth_root.parent)) for p in df.path])).to_csv(csv, index=False)
     fs = folds_split(df, read_folds(csv), fold=2)
-    assert fs.is_valid.tolist() == ps.is_valid.tolist()
-    assert leaked_patients(fs) == []
+    assert fs.subset.tolist() == np.where(ps.is_valid, 'test', 'train').tolist()  # the fold's test group, as published
+    assert not fs.is_valid.any() and leaked_patients(fs) == []
     (tmp_path/'bad.csv').write_text('a,b\n1,2\n')
     with pytest.raises(UserError, match='bad.csv'): read_folds(tmp_path/'bad.csv')
 
