@@ -263,13 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     t = sub.add_parser('train', help='train a classifier (two-phase fine-tuning) and evaluate it',
         epilog='Synthetic demo: with no --data and no BreakHis in $BREAKHIS_DIR or ~/.breakhis, a synthetic dataset is '
-               'written to data/breakhis-synthetic and the defaults shrink to fit a CPU: {size} px, batches of {bs}, {freeze_epochs} '
+               'written to {synthetic_dir} and the defaults shrink to fit a CPU: {size} px, batches of {bs}, {freeze_epochs} '
                'frozen and {epochs} unfrozen epochs at base rate {lr}; when the ResNet-50 ImageNet weights are not available '
-               '(offline), the pretrained efficientnet_lite0 (its weights come with the package) is fine-tuned instead.'.format(**run_defaults(True)))
+               '(offline), the pretrained efficientnet_lite0 (its weights come with the package) is fine-tuned instead.'.format(**run_defaults(True), synthetic_dir=SYNTHETIC_DIR))
     _train_args(t); t.set_defaults(func=_train_cmd)
     e = sub.add_parser('evaluate', help='evaluate a trained run at image and patient level')
     e.add_argument('--model', required=True, help='run folder written by `train`')
-    e.add_argument('--data', help='BreakHis folder to evaluate on (default: the run\'s validation split)')
+    e.add_argument('--data', help='BreakHis folder to evaluate on (default: the run\'s test patients, else its validation patients)')
     e.add_argument('--out', help='report folder (default: RUN/evaluation; never overwritten)')
     e.set_defaults(func=_evaluate_cmd)
     q = sub.add_parser('predict', help='predict images with a trained run')

@@ -7,7 +7,7 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/datablock.html.md"""
 # %% ../nbs/01_datablock.ipynb #7685d993
 from __future__ import annotations
 from pathlib import Path
-import warnings, shutil
+import warnings, shutil, random
 from .data import load_rgb, UserError, BadImageError, IMAGE_EXTS, SYNTHETIC_MARKER  # first: silences a torch.jit warning
 import pandas as pd
 from fastcore.parallel import parallel
@@ -92,7 +92,9 @@ def breakhis_dls(df:pd.DataFrame, # a split table: `breakhis_df` + `patient_spli
         bs = n_train
     vocab = sorted(df[target].unique())
     if num_workers is not None: kwargs['num_workers'] = num_workers
-    return breakhis_block(size, target, valid_col, vocab, aug).dataloaders(df, bs=bs, seed=seed, device=device, **kwargs)
+    dls = breakhis_block(size, target, valid_col, vocab, aug).dataloaders(df, bs=bs, device=device, **kwargs)
+    if seed is not None: dls.train.rng = random.Random(seed)  # fastai's DataLoader takes no seed: it shuffles with its own `rng`
+    return dls
 
 # %% ../nbs/01_datablock.ipynb #3de32134
 def _preresize_one(rel, src, dest, max_size):

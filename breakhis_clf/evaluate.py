@@ -409,7 +409,7 @@ def evaluation_report(preds:pd.DataFrame, # predictions table
     "Every number of the evaluation of `preds` in one JSON-able dict"
     cs = class_names(preds)
     rep = dict(**(about or {}), target=truth_col(preds), classes=cs, positive_class=POSITIVE if is_binary(preds) else None,
-               n_images=len(preds), n_patients=int(preds['patient_id'].nunique()), n_cases=int(preds['case_id'].nunique()),
+               n_images=len(preds), n_patients=int(preds['patient_id'].nunique()), n_cases=int(preds[score_unit(preds) if 'case_id' not in preds else 'case_id'].nunique()),
                score_unit=score_unit(preds), small_sample=bool(preds['patient_id'].nunique() < SMALL_SAMPLE),
                headline=headline_metrics(preds), image=image_metrics(preds), patient=patient_metrics(preds))
     for col in ('magnification', 'tumor_type'): rep[f'by_{col}'] = by_group(preds, col).to_dict(orient='index')
@@ -489,8 +489,9 @@ def summary_markdown(rep:dict, # an `evaluation_report`
     task = 'benign vs malignant' if rep['positive_class'] else f"{len(rep['classes'])} classes ({rep['target']})"
     names = dict(accuracy='accuracy', balanced_accuracy='balanced accuracy', roc_auc='ROC-AUC',
                  recognition_rate='recognition rate (Spanhol et al.)')
+    unit = 'case' if rep.get('score_unit') == 'case_id' else 'patient'  # the eight-class task scores cases
     head = pd.DataFrame({lvl: {names[k]: _with_ci(rep['headline'][f'{lvl}_{k}'], ci.get(f'{lvl}_{k}')) for k in names}
-                         for lvl in ('image', 'patient')}).rename_axis('metric')
+                         for lvl in ('image', 'patient')}).rename(columns={'patient': unit}).rename_axis('metric')
     cr = pd.DataFrame(rep['image']['classification_report']).T.drop(index='accuracy', errors='ignore').rename_axis('class')
     cr['support'] = cr['support'].astype(int)
     cms = [pd.DataFrame(rep[lvl]['confusion_matrix'], index=[f'true {c}' for c in rep['classes']],
@@ -504,7 +505,7 @@ def summary_markdown(rep:dict, # an `evaluation_report`
         f"# Evaluation: {task}", _about_lines(rep), ci_txt,
         "## Headline numbers", markdown_table(head),
         "## Per class (images)", markdown_table(cr),
-        "## Confusion matrices", markdown_table(cms[0]), markdown_table(cms[1].rename_axis(rep.get('score_unit', 'patient_id').split('_')[0])),
+        "## Confusion matrices", markdown_table(cms[0]), markdown_table(cms[1].rename_axis(unit)),
         "## By magnification", markdown_table(by['magnification']),
         "## By tumour type", markdown_table(by['tumor_type'])]) + '\n'
 

@@ -360,7 +360,7 @@ def _warn_skipped(bad, n_show=10):
                   + (f"; and {len(bad) - n_show} more (see skipped.csv)" if len(bad) > n_show else ''), stacklevel=3)
 
 def evaluate_run(run_dir, # a run folder written by `breakhis-clf train` (holds the saved model and split.csv)
-                 data=None, # evaluate on the BreakHis images under this folder instead of the run's validation split
+                 data=None, # evaluate on the BreakHis images under this folder instead of the run's test (else validation) patients
                  out=None, # new report folder (default: a fresh `run_dir/evaluation`)
                  n_boot:int=1000, # bootstrap resamples for the confidence intervals
                  safe:bool=True, # load the safe form (no unpickling); `False`: `model.pkl` with `load_learner` (trusted runs only!)

@@ -33,15 +33,19 @@ def test_train_end_to_end_writes_every_file(tmp_path, synth_root):
     run = runs[0]
     for f in RUN_FILES: assert (run/f).exists(), f
     sp = pd.read_csv(run/'split.csv')
-    assert list(sp.columns[:3]) == ['path', 'patient_id', 'label'] and 'is_valid' in sp.columns
-    assert leaked_patients(sp) == [] and sp.is_valid.any() and (~sp.is_valid).any()
+    assert list(sp.columns[:4]) == ['path', 'patient_id', 'case_id', 'label'] and {'is_valid', 'subset'} <= set(sp.columns)
+    assert leaked_patients(sp) == [] and set(sp.subset) == {'train', 'valid', 'test'}  # --test-pct 0.2 by default
+    assert (sp.is_valid == (sp.subset == 'valid')).all()
     m = json.loads((run/'metrics.json').read_text())['image_level']
     assert 0 <= m['accuracy'] <= 1 and m['valid_loss'] > 0
     assert len(pd.read_csv(run/'history.csv')) == 1
     cfg = json.loads((run/'config.json').read_text())
     assert cfg['arch'] == 'resnet18' and cfg['pretrained'] is False and cfg['synthetic'] is True
     assert (run/'evaluation'/'summary.md').exists()
-    assert 'Evaluation: image accuracy' in p.stdout and 'patient accuracy' in p.stdout
+    assert 'Evaluation on the test patients' in p.stdout and 'patient accuracy' in p.stdout
+    ev = json.loads((run/'evaluation'/'metrics.json').read_text())
+    assert ev['subset'] == 'test' and ev['n_images'] == (sp.subset == 'test').sum()  # the report is on test, once
+    assert ev['trained_on']['n_patients'] == sp[sp.subset == 'train'].patient_id.nunique()
 
     # `evaluate` on the run writes a second report next to the first, never over it
     pe = cli('evaluate', '--model', run)
@@ -60,6 +64,8 @@ def test_train_end_to_end_writes_every_file(tmp_path, synth_root):
     p3 = cli('predict', '--model', run, img)
     assert p3.returncode == 0, p3.stderr[-2000:]
     assert Path(img).name in p3.stdout
+    first = p3.stderr.splitlines()[0]  # predict says first what the model is and what it was trained on
+    assert first.startswith(f'breakhis-clf: model {run}') and 'trained on SYNTHETIC' in first, p3.stderr
 
 
 def test_one_epoch_on_real_sample(tmp_path, sample_root):
@@ -101,7 +107,7 @@ def test_train_without_arguments_offline_trains_the_pretrained_effnet(tmp_path, 
     "`breakhis-clf train` with no BreakHis and no ResNet weights fine-tunes the packaged efficientnet_lite0, saying so once"
     from breakhis_clf.data import make_synthetic_breakhis
     # a small synthetic set where the fallback writes its own (find_data reuses it), to keep the test fast
-    make_synthetic_breakhis(tmp_path/'data'/'breakhis-synthetic', n_patients=8, images_per_patient=4, magnifications=(40,),
+    make_synthetic_breakhis(tmp_path/'data'/'breakhis-synthetic-v2', n_patients=8, images_per_patient=4, magnifications=(40,),
                             size=(96, 64), progress=False)
     (tmp_path/'no-breakhis').mkdir()
     p = cli('train', '--size', '64', '--epochs', '1', '--freeze-epochs', '1', '--bs', '16', '--num-workers', '0',
@@ -192,5 +198,5 @@ def test_synthetic_fallback_is_announced(tmp_path):
     p = cli('train', *FAST, '--no-pretrained', '--no-evaluate', cwd=tmp_path, env={'BREAKHIS_DIR': str(tmp_path/'none')})
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'SYNTHETIC' in p.stdout + p.stderr
-    assert (tmp_path/'data'/'breakhis-synthetic'/'BreaKHis_v1'/'SYNTHETIC.txt').exists()
+    assert (tmp_path/'data'/'breakhis-synthetic-v2'/'BreaKHis_v1'/'SYNTHETIC.txt').exists()
     assert len(list((tmp_path/'runs').iterdir())) == 1

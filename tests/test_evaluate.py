@@ -252,7 +252,8 @@ def test_predictions_df(tiny):
     from_dl = predictions_df(learn, learn.dls.valid)
     assert from_dl.path.tolist() == preds.path.tolist()
     assert from_dl.p_malignant.to_numpy() == pytest.approx(preds.p_malignant.to_numpy(), abs=1e-5)
-    with pytest.raises(UserError, match='is_valid=True'): predictions_df(learn, df.assign(is_valid=False))
+    with pytest.raises(UserError, match='is_valid=True'): predictions_df(learn, df.drop(columns='subset').assign(is_valid=False))
+    with pytest.raises(UserError, match='no test rows'): predictions_df(learn, df, subset='test')
 
 def test_gradcam_shape_not_constant_and_drawn(tiny):
     learn, df = tiny

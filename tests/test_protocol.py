@@ -142,3 +142,8 @@ def test_eight_class_run_beats_chance_and_reports_on_test(eight_class_data, tmp_
     assert '**test** patients' in summary and 'SYNTHETIC' in summary
     meta = json.loads((run/'model.json').read_text())
     assert meta['trained_on'] == m['trained_on']
+    # `breakhis-clf evaluate` on the run evaluates the same test patients, and says so
+    from breakhis_clf.inference import evaluate_run
+    again = evaluate_run(run, n_boot=10, progress=False)
+    assert again['subset'] == 'test' and again['n_images'] == len(test) and again['trained_on'] == m['trained_on']
+    assert again['headline']['image_accuracy'] == pytest.approx(m['headline']['image_accuracy'], abs=1/len(test))
