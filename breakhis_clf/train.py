@@ -163,7 +163,8 @@ def few_per_class(df:pd.DataFrame, # a split table (`breakhis_df` + `patient_spl
                   target:str='label', # the column with the classes
                   valid_col:str='is_valid', # the column marking validation rows
                  ) -> pd.DataFrame:
-    "`n` random training images per class, repeated to `epoch_size` rows, and all validation rows of `df`"
+    "`n` random training images per class, repeated to `epoch_size` rows, and all validation rows of `df` (no test rows)"
+    if 'subset' in df: df = df[df.subset != 'test']   # test patients are for the final score only
     va,tr = df[df[valid_col]],df[~df[valid_col]]
     if n is not None:
         if (have := tr[target].value_counts().min()) < n: raise UserError(f"n={n}: a class has only {have} training images")
@@ -191,7 +192,7 @@ def data_efficiency(df:pd.DataFrame, # a split table; its validation patients ar
                     progress:bool=True, # show a progress bar over the runs
                    ) -> pd.DataFrame:
     "Validation accuracy against training images per class: pretrained (frozen, then fine-tuned) and from scratch"
-    n_train,rows = int((~df.is_valid).sum()),[]
+    n_train,rows = int((~few_per_class(df).is_valid).sum()),[]
     todo = [(n,s) for n in n_per_class for s in seeds]
     for n,s in (progress_bar(todo) if progress else todo):
         dls = breakhis_dls(few_per_class(df, n, s, epoch_size or 2*n_train), size=size, bs=bs, aug=False, num_workers=0)
