@@ -474,7 +474,7 @@ def _about_lines(rep):
     "What the model was trained on and what this report evaluated, as Markdown lines"
     sub = rep.get('subset')
     where = {'test': "the **test** patients, held out from training and from every choice made on validation",
-             'valid': "the **validation** patients, which chose the kept epoch: an optimistic figure (train with a test split for an unbiased one)"
+             'valid': "the **validation** patients: optimistic if they chose anything (the kept epoch, the settings); a test split gives an unbiased figure"
             }.get(sub, f"images under {rep['evaluated_data']}" if rep.get('evaluated_data') else 'the images given')
     lines = [f"- Model trained on: {describe_data(rep['trained_on'])}." if rep.get('trained_on') else None,
              f"- Evaluated on: {where}: {rep['n_images']} images of {rep['n_patients']} patients."]
@@ -561,6 +561,8 @@ def evaluate(learn:Learner, # a trained classifier
     "Evaluate `learn` on `items`: return the `evaluation_report` and write the report files into `out`"
     if out is not None: out = check_report_dir(out)
     preds = predictions_df(learn, items, subset)
+    split = isinstance(items, pd.DataFrame) and subset and bool({'subset', 'is_valid'} & set(items.columns))
+    about = {**({'subset': subset} if split else {}), **(about or {})}  # a report says which patients it evaluated
     rep = evaluation_report(preds, n_boot=n_boot, seed=seed, progress=progress, about=about)
     if out is not None: write_report(preds, rep, out)
     return rep
