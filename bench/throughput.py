@@ -6,7 +6,8 @@ pipeline, the safe predictor and, on a GPU, a BreakHis-sized two-phase ResNet-50
     python bench/throughput.py           # full: resnet50, 224 px (on CUDA: mixed precision + channels_last,
                                          # plus `train` on a 7,909-image synthetic set)
 
-Writes `bench/results/<mode>-<device>-<time>.md` and `.json` (a new pair every run, never overwriting) and prints,
+Writes `runs/bench/<mode>-<device>-<time>.md` and `.json` (a new pair every run, never overwriting; `runs/` is not
+tracked by git, and `--out bench/results` publishes a run) and prints,
 as its last line, `fastai/torch train ratio: X.XX` = fastai steps/s divided by plain-PyTorch steps/s (medians):
 1.00 means no overhead, 0.95 is the goal's limit. See bench/README.md for what is measured and why.
 """
@@ -69,7 +70,8 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument('--finetune', action=argparse.BooleanOptionalAction, default=None,
                    help='time a two-phase ResNet-50 `train` on a 7,909-image synthetic set (default: full mode on CUDA)')
     p.add_argument('--finetune-images', type=int, default=BREAKHIS_IMAGES, help='images in the fine-tuning set')
-    p.add_argument('--out', default=str(REPO/'bench'/'results'), help='folder for the .md and .json results')
+    p.add_argument('--out', default=str(REPO/'runs'/'bench'), help='folder for the .md and .json results (default: runs/bench, '
+                   'which git ignores; the published results are in bench/results: pass --out bench/results to add one)')
     p.add_argument('--note', default='', help='a note for the results (e.g. "shared machine, other jobs running")')
     p.add_argument('--inference-child', nargs=2, metavar=('RUN_DIR', 'PATHS'), help=argparse.SUPPRESS)
     a = p.parse_args(argv)

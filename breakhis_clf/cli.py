@@ -8,16 +8,9 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/cli.html.md"""
 from __future__ import annotations
 import argparse, json, sys, time, platform, warnings
 from pathlib import Path
-import numpy as np, pandas as pd
-import torch, fastai
 from . import __version__
-from .data import (UserError, MAGNIFICATIONS, breakhis_df, patient_split, spanhol_splits, read_folds,
-    folds_split, find_breakhis, default_data_path, make_synthetic_breakhis, is_synthetic, leaked_patients)
-from .datablock import breakhis_dls, TARGETS
-from .learner import ARCHS, breakhis_learner, resolve_weights, pretrained_arch
-from .train import train, save_loss_plot
-from .evaluate import evaluate, SMALL_SAMPLE
-from .inference import save_model, evaluate_run, predict_cmd
+# numpy, pandas, torch, fastai and the course's modules are imported inside the functions that use them:
+# `breakhis-clf --help` then answers at once, instead of after seconds of loading torch
 
 # %% auto #0
 __all__ = ['SYNTHETIC_DIR', 'SPLITS', 'find_data', 'make_split', 'pick_model', 'new_run_dir', 'run_defaults', 'headline',
@@ -31,6 +24,7 @@ def find_data(data=None, # a BreakHis folder; None looks in the default location
               log=print, # where messages go
              ) -> tuple:
     "The dataset folder to train on, and whether it is synthetic"
+    from breakhis_clf.data import UserError, find_breakhis, default_data_path, make_synthetic_breakhis, is_synthetic
     if data is not None:
         data = Path(data).expanduser()
         if not data.exists(): raise UserError(f"{data}: data folder not found")
@@ -49,12 +43,15 @@ SPLITS = ('patient', 'spanhol', 'folds')
 
 def _find_folds_csv(data:Path):
     "The `Folds.csv` in `data` or one of its parents"
+    from breakhis_clf.data import UserError
     for d in [data, *data.resolve().parents][:4]:
         if (d/'Folds.csv').exists(): return d/'Folds.csv'
     raise UserError(f"--split folds needs the Kaggle release's Folds.csv in {data} or a parent folder")
 
 def _published_test(df, split, data, fold, seed, log):
     "`df` with `subset` test/train from a published protocol: a Spanhol trial or a Kaggle fold (its warnings logged)"
+    import numpy as np
+    from breakhis_clf.data import UserError, spanhol_splits, folds_split, read_folds
     if split == 'spanhol':
         if not 1 <= fold <= 5: raise UserError(f"--fold {fold}: Spanhol's protocol has trials 1-5")
         t = spanhol_splits(df, n=5, seed=seed)[fold-1]
@@ -76,6 +73,7 @@ def make_split(df:pd.DataFrame, # a table from `breakhis_df`
                log=print, # where messages go
               ) -> pd.DataFrame:
     "`df` with `subset` (train, valid, test) and `is_valid` from the chosen patient-wise split"
+    from breakhis_clf.data import UserError, patient_split, leaked_patients
     if split not in SPLITS: raise UserError(f"--split {split}: one of {', '.join(SPLITS)}")
     if split == 'patient': res = patient_split(df, valid_pct, seed, by=target, test_pct=test_pct)
     else: res = patient_split(_published_test(df, split, data, fold, seed, log), valid_pct, seed, by=target)
@@ -91,6 +89,7 @@ def pick_model(arch:str|None=None, # the architecture asked for; None: ResNet-50
                log=print, # where messages go
               ) -> tuple:
     "(arch, weights file or None) for a run: ResNet-50 by default; offline, the synthetic demo uses `efficientnet_lite0`"
+    from breakhis_clf.learner import resolve_weights, pretrained_arch
     if not pretrained: return arch or 'resnet50', None
     if arch is None and weights is None and synthetic: arch = pretrained_arch(log=log)
     arch = arch or 'resnet50'
@@ -99,6 +98,7 @@ def pick_model(arch:str|None=None, # the architecture asked for; None: ResNet-50
 # %% ../nbs/07_cli.ipynb #3aed3d11
 def new_run_dir(out='runs', arch:str='resnet50', target:str='label') -> Path:
     "A new, empty folder under `out` for one run (never an existing one)"
+    from breakhis_clf.data import UserError
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-{target}"
     for i in range(1, 1000):
         d = Path(out)/(stem if i == 1 else f"{stem}-{i}")
@@ -120,6 +120,9 @@ def headline(report:dict) -> str:
 # %% ../nbs/07_cli.ipynb #c235c561
 def _check_args(arch, target, magnification):
     "Refuse an unknown architecture, target or magnification before anything is read or written"
+    from breakhis_clf.data import UserError, MAGNIFICATIONS
+    from breakhis_clf.datablock import TARGETS
+    from breakhis_clf.learner import ARCHS
     if arch is not None and arch not in ARCHS:
         raise UserError(f"--arch {arch}: unknown architecture; choose one of {', '.join(sorted(ARCHS))}")
     if target not in TARGETS: raise UserError(f"--target {target}: one of {', '.join(TARGETS)}")
@@ -140,6 +143,7 @@ def trained_on(df:pd.DataFrame, data, synthetic:bool) -> dict:
 
 def _report_lines(rep:dict, out) -> list:
     "What the command line says about an evaluation: which patients, the headline numbers, a small-sample warning, where"
+    from breakhis_clf.evaluate import SMALL_SAMPLE
     what = {'test': 'the test patients, used for nothing else', 'valid': 'the validation patients, which chose the epoch: optimistic'
            }.get(rep.get('subset'), f"the images under {rep.get('evaluated_data')}")
     lines = [f"Evaluation on {what} ({rep['n_images']} images of {rep['n_patients']} patients): {headline(rep)}"]
@@ -149,6 +153,9 @@ def _report_lines(rep:dict, out) -> list:
 
 def _finish(learn, run, df, target, about, report, log):
     "Save the loss plot, the model (both forms) and the final metrics of a trained run; evaluate it if `report`"
+    from breakhis_clf.train import save_loss_plot
+    from breakhis_clf.evaluate import evaluate
+    from breakhis_clf.inference import save_model
     save_loss_plot(learn, run/'loss.png')
     save_model(learn, run, target=target, trained_on=about)
     with learn.no_bar(): vals = learn.validate()
@@ -183,6 +190,11 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
               log=print, # where messages go
              ) -> Path:
     "Train a BreakHis classifier end to end and write everything into a new run folder; return it"
+    import torch, fastai
+    from breakhis_clf.data import breakhis_df
+    from breakhis_clf.datablock import breakhis_dls
+    from breakhis_clf.learner import breakhis_learner
+    from breakhis_clf.train import train
     _check_args(arch, target, magnification)
     data,synthetic = find_data(data, log=log)
     df = make_split(breakhis_df(data, magnifications=magnification), split, data, fold, valid_pct, seed, target, test_pct, log)
@@ -225,8 +237,8 @@ def _train_args(p):
     a('--epochs', type=int, help=f'epochs with the whole network unfrozen {_dflt("epochs")}')
     a('--freeze-epochs', type=int, default=None, help=f'epochs training only the new head first {_dflt("freeze_epochs")}')
     a('--lr', type=float, default=None, help=f'base learning rate, as in fastai fine_tune {_dflt("lr")}')
-    a('--magnification', type=int, choices=MAGNIFICATIONS, help='use one magnification only')
-    a('--target', default='label', choices=TARGETS, help='label: benign/malignant; tumor_type: 8 classes')
+    a('--magnification', type=int, help='use one magnification only: 40, 100, 200 or 400')
+    a('--target', default='label', help='label: benign/malignant (default); tumor_type: 8 classes')
     a('--split', default='patient', choices=SPLITS, help='patient-wise split (default), Spanhol trials, or Kaggle folds')
     a('--fold', type=int, default=1, help='Spanhol trial or Kaggle fold, 1-5 (default: 1)')
     a('--valid-pct', type=float, default=0.3, help='fraction of patients for validation (default: 0.3)')
@@ -240,6 +252,7 @@ def _train_args(p):
     a('--no-evaluate', dest='evaluate', action='store_false', help='skip the evaluation report at the end')
 
 def _train_cmd(args):
+    from breakhis_clf.data import UserError
     if args.pretrained is False and args.weights: raise UserError("--weights and --no-pretrained contradict each other")
     kw = {k: getattr(args, k) for k in ['data','arch','size','bs','epochs','freeze_epochs','lr','magnification','target',
           'split','fold','valid_pct','test_pct','seed','pretrained','weights','out','num_workers','evaluate']}
@@ -248,11 +261,14 @@ def _train_cmd(args):
     return 0
 
 def _evaluate_cmd(args):
+    from breakhis_clf.inference import evaluate_run
     rep = evaluate_run(args.model, data=args.data, out=args.out)
     for l in _report_lines(rep, rep['out']): print(l)
     return 0
 
-def _predict_cmd(args): return predict_cmd(args.model, args.paths, csv=args.csv, tta=args.tta, bs=args.bs)
+def _predict_cmd(args):
+    from breakhis_clf.inference import predict_cmd
+    return predict_cmd(args.model, args.paths, csv=args.csv, tta=args.tta, bs=args.bs)
 
 # %% ../nbs/07_cli.ipynb #d3e379af
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of the `breakhis-clf` command"
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # `--help` and usage errors end here, before torch is loaded
+    from breakhis_clf.data import UserError
     try: return args.func(args)
     except (UserError, FileNotFoundError) as e:
         if args.debug: raise

@@ -10,7 +10,7 @@ __all__ = ['MODEL_FORMAT', 'FORMAT_VERSION', 'MODEL_FILES', 'preprocessing', 'mo
            'model_summary', 'predict_cmd', 'fresh_dir', 'read_split', 'model_predictions', 'evaluate_run']
 
 # %% ../nbs/06_inference.ipynb #777b4192
-import json, sys, warnings, contextlib
+import json, os, sys, warnings, contextlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -88,6 +88,22 @@ def model_meta(learn, # a trained fastai vision `Learner`
                 torch_version=torch.__version__, created=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/06_inference.ipynb #10682d22
+def _umask() -> int:
+    "The process's file-creation mask (what `open` applies to new files)"
+    m = os.umask(0); os.umask(m)
+    return m
+
+def _write_atomic(path:Path, write):
+    "Write `path` by calling `write` on a temporary name beside it, then renaming: `path` is never half-written"
+    tmp = path.with_name(f'.{path.name}.partial')
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # like any new file: safetensors' own temporary file is private (0600)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError, RuntimeError) as e: raise UserError(f"{path}: cannot be written ({e})") from None
+    finally:
+        if tmp.exists(): tmp.unlink()
+
 def save_model(learn, # the trained fastai `Learner`
                run_dir:str|Path, # run folder (created if missing); must not already hold a model
                target:str|None=None, # the column the model predicts; guessed from the classes when None
@@ -100,9 +116,14 @@ def save_model(learn, # the trained fastai `Learner`
     meta = {**model_meta(learn, target), **({'trained_on': trained_on} if trained_on else {})}
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
-    save_file(weights, run_dir/'model.safetensors', metadata={'format': MODEL_FORMAT, 'format_version': str(FORMAT_VERSION)})
-    learn.export(run_dir.absolute()/'model.pkl')
-    (run_dir/'model.json').write_text(json.dumps(meta, indent=2)+'\n')
+    parts = [('model.safetensors', lambda f: save_file(weights, f, metadata={'format': MODEL_FORMAT, 'format_version': str(FORMAT_VERSION)})),
+             ('model.pkl', lambda f: learn.export(f.absolute())),
+             ('model.json', lambda f: f.write_text(json.dumps(meta, indent=2)+'\n'))]  # last: a model.json means a whole model
+    try:
+        for name,write in parts: _write_atomic(run_dir/name, write)
+    except UserError:
+        for name,_ in parts: (run_dir/name).unlink(missing_ok=True)  # no half set of model files is left behind
+        raise
     return run_dir
 
 # %% ../nbs/06_inference.ipynb #9e9ed9c3

@@ -72,3 +72,12 @@ def test_bad_options(throughput, capsys):
                      (['--amp', '--device', 'cpu'], 'only benchmarked on CUDA')]:
         with pytest.raises(SystemExit) as e: throughput.get_args(args)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+def test_default_results_go_where_git_does_not_look(throughput):
+    "A plain `python bench/throughput.py` must not change the source tree: its default folder is ignored by git"
+    out = Path(throughput.get_args([]).out)
+    assert out == REPO/'runs'/'bench'
+    probe = out/'quick-cpu-20990101-000000.md'
+    r = subprocess.run(['git', 'check-ignore', '-q', str(probe)], cwd=REPO)
+    if r.returncode == 128: pytest.skip('not a git checkout')
+    assert r.returncode == 0, f'{probe} would be tracked by git'

@@ -188,8 +188,10 @@ def test_magnification_without_images(tmp_path, capsys):
 
 def test_entry_point_exit_status_and_usage(tmp_path):
     "The installed console script: argparse mistakes and user errors both exit 2, with no traceback"
-    p = cli('train', '--magnification', '50')
-    assert p.returncode == 2 and 'invalid choice' in p.stderr
+    one_line_error(cli('train', '--magnification', '50'), '--magnification 50', '40, 100, 200, 400')
+    one_line_error(cli('train', '--target', 'colour'), '--target colour', 'label', 'tumor_type')
+    p = cli('train', '--epochs', 'many')
+    assert p.returncode == 2 and 'invalid int value' in p.stderr  # argparse's own usage error
     one_line_error(cli('train', '--data', tmp_path/'missing'), 'missing', 'not found')
 
 
@@ -200,3 +202,16 @@ def test_synthetic_fallback_is_announced(tmp_path):
     assert 'SYNTHETIC' in p.stdout + p.stderr
     assert (tmp_path/'data'/'breakhis-synthetic-v2'/'BreaKHis_v1'/'SYNTHETIC.txt').exists()
     assert len(list((tmp_path/'runs').iterdir())) == 1
+
+
+def test_help_answers_without_loading_torch():
+    "`breakhis-clf --help` and each subcommand's help build the parser only: no torch, fastai or pandas import"
+    code = ("import sys\nfrom breakhis_clf.cli import main\n"
+            "for argv in ([], ['train'], ['evaluate'], ['predict']):\n"
+            "    try: main([*argv, '--help'])\n"
+            "    except SystemExit as e: assert e.code == 0, e.code\n"
+            "heavy = sorted(m for m in ('torch', 'fastai', 'pandas', 'matplotlib') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '--test-pct' in r.stdout and '--magnification' in r.stdout

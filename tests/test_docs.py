@@ -221,3 +221,11 @@ def test_notebook_pages_and_plots_in_browser(browser, site, tmp_path):
         n_imgs += len(r['imgs'])
     assert n_imgs > 0, 'no plot shown on any notebook page'
     assert driver.save_screenshot(str(tmp_path/'last_page.png')) and (tmp_path/'last_page.png').stat().st_size > 10_000
+
+def test_readme_links_resolve():
+    "Every relative link in README.md (generated from nbs/index.ipynb) points at a file of the repository"
+    root = Path(__file__).resolve().parents[1]
+    links = re.findall(r'\]\(([^)#\s]+)\)', (root/'README.md').read_text())
+    local = [l for l in links if not re.match(r'[a-z]+:', l)]
+    assert local, 'no relative links found: the course table should link its notebooks'
+    assert [l for l in local if not (root/l).exists()] == []

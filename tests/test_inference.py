@@ -413,3 +413,15 @@ def test_cli_predict_broken_model(trained, tmp_path, case, culprit):
     assert rc == 2 and out == '' and 'Traceback' not in err
     lines = err.strip().splitlines()
     assert lines[-1].startswith('breakhis-clf: error: ') and str(d/culprit if case else d) in lines[-1]
+
+
+def test_model_files_share_permissions_and_are_never_half_written(trained, tmp_path, monkeypatch):
+    "Every model file gets the usual permissions (safetensors' private 0600 is not kept); a failed write leaves no model files"
+    learn, run, _ = trained
+    modes = {f: (run/f).stat().st_mode & 0o777 for f in MODEL_FILES}
+    assert len(set(modes.values())) == 1, modes
+    def full(*a, **k): raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(learn, 'export', full)
+    with pytest.raises(UserError, match=r'model\.pkl: cannot be written .*No space left on device'):
+        save_model(learn, tmp_path/'run')
+    assert list((tmp_path/'run').iterdir()) == []  # neither the weights written before nor a partial file

@@ -17,9 +17,9 @@ ARCH = 'efficientnet_lite0'  # pretrained offline: its ImageNet weights come wit
 
 @pytest.fixture(scope='module')
 def split_df(tmp_path_factory):
-    "16 synthetic patients, 4 images each at 200X; half of the patients validate (32 + 32 images)"
+    "16 synthetic patients, 4 images each at 100X (where the synthetic tissue is clearest at 128 px); half of the patients validate (32 + 32 images)"
     root = make_synthetic_breakhis(tmp_path_factory.mktemp('syn'), n_patients=16, images_per_patient=4,
-                                   magnifications=(200,), size=(350, 230), progress=False)
+                                   magnifications=(100,), size=(350, 230), progress=False)
     return patient_split(breakhis_df(root), valid_pct=0.5)
 
 @pytest.fixture(scope='module')
