@@ -99,11 +99,13 @@ def pick_model(arch:str|None=None, # the architecture asked for; None: ResNet-50
 def new_run_dir(out='runs', arch:str='resnet50', target:str='label') -> Path:
     "A new, empty folder under `out` for one run (never an existing one)"
     from breakhis_clf.data import UserError
+    if Path(out).exists() and not Path(out).is_dir(): raise UserError(f"--out {out}: is a file, not a folder")
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}-{target}"
     for i in range(1, 1000):
         d = Path(out)/(stem if i == 1 else f"{stem}-{i}")
         try: d.mkdir(parents=True, exist_ok=False); return d
         except FileExistsError: continue
+        except OSError as e: raise UserError(f"--out {out}: cannot make a run folder there ({e.strerror or e})") from None
     raise UserError(f"{out}: cannot make a new run folder")
 
 # %% ../nbs/07_cli.ipynb #eed289c4
@@ -128,6 +130,18 @@ def _check_args(arch, target, magnification):
     if target not in TARGETS: raise UserError(f"--target {target}: one of {', '.join(TARGETS)}")
     if magnification is not None and magnification not in MAGNIFICATIONS:
         raise UserError(f"--magnification {magnification}: one of {', '.join(map(str, MAGNIFICATIONS))}")
+
+def _check_settings(valid_pct, test_pct, size=None, bs=None, epochs=None, freeze_epochs=None, lr=None):
+    "Refuse settings no run can use (sizes below 1, negative epochs, nothing to train, fractions out of range); None: a default, fine"
+    from breakhis_clf.data import UserError
+    for k,v in dict(size=size, bs=bs).items():
+        if v is not None and v < 1: raise UserError(f"--{k} {v}: must be at least 1")
+    for k,v in dict(epochs=epochs, freeze_epochs=freeze_epochs).items():
+        if v is not None and v < 0: raise UserError(f"--{k.replace('_', '-')} {v}: must be 0 or more")
+    if epochs == 0 and freeze_epochs == 0: raise UserError("--epochs 0 and --freeze-epochs 0: nothing to train")
+    if lr is not None and not 0 < lr < float('inf'): raise UserError(f"--lr {lr}: must be a positive number")
+    if not 0 < valid_pct < 1: raise UserError(f"--valid-pct {valid_pct}: must be between 0 and 1")
+    if not 0 <= test_pct < 1 - valid_pct: raise UserError(f"--test-pct {test_pct}: must be at least 0 and below 1 - --valid-pct")
 
 def _settings(synthetic, pretrained, **given) -> dict:
     "size, bs, freeze_epochs, epochs and lr of a run: those `given` (not None), else `run_defaults(synthetic)`"
@@ -193,14 +207,17 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
     import torch, fastai
     from breakhis_clf.data import breakhis_df
     from breakhis_clf.datablock import breakhis_dls
-    from breakhis_clf.learner import breakhis_learner
+    from breakhis_clf.learner import breakhis_learner, load_pretrained
     from breakhis_clf.train import train
     _check_args(arch, target, magnification)
+    _check_settings(valid_pct, test_pct, size=size, bs=bs, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr)
     data,synthetic = find_data(data, log=log)
     df = make_split(breakhis_df(data, magnifications=magnification), split, data, fold, valid_pct, seed, target, test_pct, log)
     arch,wfile = pick_model(arch, pretrained, weights, synthetic, log)  # before the run folder: a weights error leaves nothing
     given = dict(size=size, bs=bs, freeze_epochs=freeze_epochs, epochs=epochs, lr=lr)
     hp = _settings(synthetic, pretrained, **given)
+    _check_settings(valid_pct, test_pct, **hp)  # checked again with the defaults filled in, before the run folder exists
+    if wfile is not None and weights is not None: load_pretrained(arch, wfile)  # an unreadable or wrong weights file fails here
     if synthetic and None in given.values():
         log(f"Synthetic demo settings: {arch}, {', '.join(f'{k} {v}' for k,v in hp.items())} (pass --size, --bs, --epochs ... to choose).")
     run = new_run_dir(out, arch, target)

@@ -215,3 +215,37 @@ def test_help_answers_without_loading_torch():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert '--test-pct' in r.stdout and '--magnification' in r.stdout
+
+
+@pytest.mark.parametrize('args, needles', [
+    (['--epochs', '0', '--freeze-epochs', '0'], ['nothing to train']),
+    (['--no-pretrained', '--epochs', '0'], ['nothing to train']),
+    (['--size', '0'], ['--size 0', 'at least 1']),
+    (['--bs', '-4'], ['--bs -4', 'at least 1']),
+    (['--epochs', '-1'], ['--epochs -1', '0 or more']),
+    (['--lr', '0'], ['--lr 0.0', 'positive']),
+    (['--valid-pct', '1.5'], ['--valid-pct 1.5']),
+    (['--test-pct', '0.9'], ['--test-pct 0.9']),
+])
+def test_bad_settings_fail_before_any_folder_is_made(tmp_path, synth_root, args, needles):
+    "A setting no run can use gives one line, and leaves no (orphan) run folder behind"
+    one_line_error(cli('train', '--data', synth_root, '--arch', 'resnet18', '--out', tmp_path/'runs', *args), *needles)
+    assert not (tmp_path/'runs').exists()
+
+
+def test_bad_weights_file_and_bad_out_fail_before_any_folder_is_made(tmp_path, synth_root):
+    (tmp_path/'junk.pth').write_bytes(b'not a checkpoint')
+    one_line_error(cli('train', '--data', synth_root, '--arch', 'resnet18', '--weights', tmp_path/'junk.pth',
+                       '--out', tmp_path/'runs'), 'junk.pth')
+    assert not (tmp_path/'runs').exists()
+    (tmp_path/'a-file').write_text('mine')
+    one_line_error(cli('train', '--data', synth_root, *FAST, '--no-pretrained', '--out', tmp_path/'a-file'), 'a-file', 'not a folder')
+    assert (tmp_path/'a-file').read_text() == 'mine'
+
+
+def test_read_only_out_is_one_line(tmp_path, synth_root):
+    ro = tmp_path/'read-only'; ro.mkdir(); ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK): pytest.skip('running as a user who can write anywhere (root)')
+        one_line_error(cli('train', '--data', synth_root, *FAST, '--no-pretrained', '--out', ro), 'read-only', 'cannot make a run folder')
+    finally: ro.chmod(0o755)
