@@ -143,6 +143,20 @@ def _check_settings(valid_pct, test_pct, size=None, bs=None, epochs=None, freeze
     if not 0 < valid_pct < 1: raise UserError(f"--valid-pct {valid_pct}: must be between 0 and 1")
     if not 0 <= test_pct < 1 - valid_pct: raise UserError(f"--test-pct {test_pct}: must be at least 0 and below 1 - --valid-pct")
 
+def _stop_on_divergence():
+    "A fastai callback that ends training at the first loss that is not finite, with one line saying what to do"
+    import math
+    from fastai.callback.core import Callback
+    from breakhis_clf.data import UserError
+    class StopOnDivergence(Callback):
+        def __init__(self): self.done,self.msg = 0,None  # `done`: epochs of earlier phases, so the epoch named counts across both
+        def after_batch(self):  # training and validation batches
+            if not math.isfinite(loss := float(self.loss)):
+                self.msg = f"training diverged at epoch {self.done + self.epoch + 1} (loss {loss}): lower --lr"
+                raise UserError(self.msg)  # fastai adds its own words to the message; `train_run` re-raises `msg` alone
+        def after_fit(self): self.done += self.n_epoch
+    return StopOnDivergence()
+
 def _settings(synthetic, pretrained, **given) -> dict:
     "size, bs, freeze_epochs, epochs and lr of a run: those `given` (not None), else `run_defaults(synthetic)`"
     s = {k: run_defaults(synthetic)[k] if v is None else v for k,v in given.items()}
@@ -205,7 +219,7 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
              ) -> Path:
     "Train a BreakHis classifier end to end and write everything into a new run folder; return it"
     import torch, fastai
-    from breakhis_clf.data import breakhis_df
+    from breakhis_clf.data import breakhis_df, UserError
     from breakhis_clf.datablock import breakhis_dls
     from breakhis_clf.learner import breakhis_learner, load_pretrained
     from breakhis_clf.train import train
@@ -234,8 +248,12 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
     (run/'config.json').write_text(json.dumps(config, indent=2) + '\n')
     dls = breakhis_dls(df, size=hp['size'], bs=hp['bs'], target=target, num_workers=num_workers, seed=seed)
     learn = breakhis_learner(dls, arch, pretrained=pretrained, weights=wfile, seed=seed, path=run)
-    train(learn, epochs=hp['epochs'], freeze_epochs=hp['freeze_epochs'], base_lr=hp['lr'],
-          lr_mult=100 if pretrained else 1, monitor='valid_loss', out=run, seed=seed)  # from scratch: one rate for all layers
+    stop = _stop_on_divergence()
+    try: train(learn, epochs=hp['epochs'], freeze_epochs=hp['freeze_epochs'], base_lr=hp['lr'],
+               lr_mult=100 if pretrained else 1, monitor='valid_loss', out=run, seed=seed, cbs=stop)  # from scratch: one rate
+    except Exception:
+        if stop.msg: raise UserError(stop.msg) from None  # a non-finite loss: one line, whatever else failed after it
+        raise
     _finish(learn, run, df, target, trained_on(df, data, synthetic), evaluate, log)
     return run
 

@@ -249,3 +249,11 @@ def test_read_only_out_is_one_line(tmp_path, synth_root):
         if os.access(ro, os.W_OK): pytest.skip('running as a user who can write anywhere (root)')
         one_line_error(cli('train', '--data', synth_root, *FAST, '--no-pretrained', '--out', ro), 'read-only', 'cannot make a run folder')
     finally: ro.chmod(0o755)
+
+
+def test_diverging_run_stops_with_one_line(tmp_path, synth_root):
+    "A learning rate that makes the loss non-finite ends the run at once, with one line saying what to do"
+    p = cli('train', '--data', synth_root, *FAST, '--no-pretrained', '--lr', '1e6', '--epochs', '3', '--out', tmp_path/'runs')
+    one_line_error(p, 'training diverged at epoch', '(loss nan', 'lower --lr')
+    run, = (tmp_path/'runs').iterdir()
+    assert not (run/'model.json').exists()  # nothing that could be taken for a trained model
