@@ -176,11 +176,15 @@ def test_weighted_auc_equals_sklearn_on_repeated_items():
     np.testing.assert_allclose(got, ref, atol=1e-12)
     assert np.isnan(weighted_auc(scores, pos, np.where(pos, 0, w))).all()  # no positives left: undefined
 
-@pytest.mark.parametrize('kind', ['binary', 'multiclass'])
+@pytest.mark.parametrize('kind', ['binary', 'multiclass', 'two-cases'])
 def test_vectorised_bootstrap_equals_resampled_tables(kind):
     "Every number of every resample, computed with weights, equals the one computed on the resampled table"
     preds = random_binary(12, n_images=8, seed=4) if kind == 'binary' else random_multiclass(n_patients=16, n_images=4, seed=2)
-    if kind == 'multiclass': preds['magnification'] = np.resize([40, 100, 200, 400], len(preds))
+    if kind != 'binary': preds['magnification'] = np.resize([40, 100, 200, 400], len(preds))
+    if kind == 'two-cases':  # eight classes are scored per case; P3 (lobular) becomes a second case of P1 (ductal)
+        preds['case_id'] = 'SOB_' + preds.tumor_type + '_' + preds.patient_id
+        preds['patient_id'] = preds.patient_id.replace('P3', 'P1')
+        assert preds[preds.patient_id == 'P1'].case_id.nunique() == 2
     counts = bootstrap_counts(preds.patient_id.nunique(), n=25, seed=5)
     fast = resampled_stats(preds, counts, ci_by=['magnification'])
     for i, c in enumerate(counts):
@@ -192,7 +196,7 @@ def test_vectorised_bootstrap_equals_resampled_tables(kind):
         for mag, row in slow['by_magnification'].items():
             for k in ('image_accuracy', 'patient_accuracy', 'patient_recognition_rate'):
                 assert fast[('magnification', int(mag), k)][i] == pytest.approx(row[k], abs=1e-12), (mag, k)
-    if kind == 'multiclass': assert np.isnan(fast['patient_roc_auc']).any()  # resamples missing a class: AUC undefined
+    if kind != 'binary': assert np.isnan(fast['patient_roc_auc']).any()  # resamples missing a class: AUC undefined
 
 def test_report_ci_equals_generic_bootstrap():
     from functools import partial
