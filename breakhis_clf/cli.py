@@ -151,7 +151,7 @@ def _stop_on_divergence():
     class StopOnDivergence(Callback):
         def __init__(self): self.done,self.msg = 0,None  # `done`: epochs of earlier phases, so the epoch named counts across both
         def after_batch(self):  # training and validation batches
-            if not math.isfinite(loss := float(self.loss)):
+            if not math.isfinite(loss := float(self.loss.detach())):
                 self.msg = f"training diverged at epoch {self.done + self.epoch + 1} (loss {loss}): lower --lr"
                 raise UserError(self.msg)  # fastai adds its own words to the message; `train_run` re-raises `msg` alone
         def after_fit(self): self.done += self.n_epoch
