@@ -60,7 +60,7 @@ def _files(rng, n, w, h, per, step):
 def _clusters(rng, n, w, h, per, spread):
     "Centres of nuclei in `n` solid nests of `per` cells, Gaussian with standard deviation `spread`"
     c = rng.uniform((0,0), (w,h), (n,2))
-    return (c[:,None] + rng.normal(0, spread, (n, per, 2))).reshape(-1,2), c
+    return (c[:,None] + rng.normal(0, spread, (n, per, 2))).reshape(-1,2)
 
 def synthetic_tile(tumor_type:str='A', # tumour type code (a key of `TUMOR_TYPES`): each has its own architecture
                    magnification:int=40, # structures grow with magnification
@@ -70,13 +70,13 @@ def synthetic_tile(tumor_type:str='A', # tumour type code (a key of `TUMOR_TYPES
                    rng=None, # a `np.random.Generator`
                   ) -> Image.Image:
     "One H&E-like RGB image of tumour type `tumor_type`: benign types with small regular nuclei, malignant ones with large irregular nuclei"
-    if tumor_type not in ('A', 'F', 'PT', 'TA', 'DC', 'LC', 'MC', 'PC'): raise ValueError(f"unknown tumour type {tumor_type!r}")
+    if tumor_type not in TUMOR_TYPES: raise ValueError(f"unknown tumour type {tumor_type!r}")
     rng = rng if rng is not None else np.random.default_rng()
     h_col,e_col,bg = stain if stain is not None else _patient_stain(rng)
     w,h = size
     scale = (w/700) * {40:0.9, 100:1.3, 200:1.9, 400:2.8}[int(magnification)]
     k = density * w*h/(700*460) / scale**1.5   # how many structures fit in the field
-    malignant = tumor_type in ('DC','LC','MC','PC')
+    malignant = tumor_type in MALIGNANT_TYPES
     stroma = 0.55 if tumor_type != 'F' else 0.15   # fibroadenoma: stroma-rich, few gaps
     noise = Image.fromarray((rng.random((h//12+2, w//12+2))*255).astype(np.uint8))
     tex = np.array(noise.resize((w,h), Image.BICUBIC).filter(ImageFilter.GaussianBlur(4)), dtype=np.float32)/255
@@ -101,7 +101,7 @@ def synthetic_tile(tumor_type:str='A', # tumour type code (a key of `TUMOR_TYPES
         centres,c,r = _rings(rng, S(18, 26), w, h, (13*scale, 17*scale), 15)
         for (x,y),rr in zip(c, r[:,0]): draw.ellipse([x-rr*0.7, y-rr*0.7, x+rr*0.7, y+rr*0.7], fill=lumen)
     elif tumor_type == 'DC': # ductal carcinoma: solid nests of large pleomorphic nuclei
-        centres,_ = _clusters(rng, S(4, 7), w, h, int(rng.uniform(40, 60)), 28*scale)
+        centres = _clusters(rng, S(4, 7), w, h, int(rng.uniform(40, 60)), 28*scale)
     elif tumor_type == 'LC': # lobular carcinoma: single files of small discohesive cells
         centres = _files(rng, S(12, 18), w, h, int(rng.uniform(8, 14)), 11*scale)
     elif tumor_type == 'MC': # mucinous carcinoma: pale mucin pools with floating clusters

@@ -409,7 +409,7 @@ def evaluation_report(preds:pd.DataFrame, # predictions table
     "Every number of the evaluation of `preds` in one JSON-able dict"
     cs = class_names(preds)
     rep = dict(**(about or {}), target=truth_col(preds), classes=cs, positive_class=POSITIVE if is_binary(preds) else None,
-               n_images=len(preds), n_patients=int(preds['patient_id'].nunique()), n_cases=int(preds[score_unit(preds) if 'case_id' not in preds else 'case_id'].nunique()),
+               n_images=len(preds), n_patients=int(preds['patient_id'].nunique()), n_cases=int(preds['case_id' if 'case_id' in preds else 'patient_id'].nunique()),
                score_unit=score_unit(preds), small_sample=bool(preds['patient_id'].nunique() < SMALL_SAMPLE),
                headline=headline_metrics(preds), image=image_metrics(preds), patient=patient_metrics(preds))
     for col in ('magnification', 'tumor_type'): rep[f'by_{col}'] = by_group(preds, col).to_dict(orient='index')

@@ -93,12 +93,15 @@ def test_safe_load_never_unpickles(trained, tmp_path, monkeypatch):
 def test_load_accepts_model_json_path(trained):
     assert load_model(trained[1]/'model.json', device='cpu').classes == ['benign', 'malignant']
 
-def test_unsafe_load_warns_and_predicts_the_same(trained, model):
+def _assert_pickle_predicts_the_same(run, model, files):
+    "Loading `run`'s pickle warns, and its predictions on `files` equal the safe `model`'s"
     with pytest.warns(UserWarning, match='only load model.pkl files you trust'):
-        pickled = load_model(trained[1], safe=False, device='cpu')
-    files = trained[2][:3]
+        pickled = load_model(run, safe=False, device='cpu')
     np.testing.assert_allclose(probs(predict(pickled, files, progress=False), model),
                                probs(predict(model, files, progress=False), model), atol=1e-6)
+
+def test_unsafe_load_warns_and_predicts_the_same(trained, model):
+    _assert_pickle_predicts_the_same(trained[1], model, trained[2][:3])
 
 def _broken(run, tmp_path, drop=None, edit=None, write=None):
     d = tmp_path/'broken'; shutil.copytree(run, d)
@@ -312,11 +315,7 @@ def test_effnet_tta_is_dihedral_invariant(effnet, effnet_model, tmp_path):
     for row in p[1:]: np.testing.assert_allclose(row, p[0], atol=1e-5)
 
 def test_effnet_unsafe_load_predicts_the_same(effnet, effnet_model):
-    with pytest.warns(UserWarning, match='only load model.pkl files you trust'):
-        pickled = load_model(effnet[1], safe=False, device='cpu')
-    files = effnet[2][:3]
-    np.testing.assert_allclose(probs(predict(pickled, files, progress=False), effnet_model),
-                               probs(predict(effnet_model, files, progress=False), effnet_model), atol=1e-6)
+    _assert_pickle_predicts_the_same(effnet[1], effnet_model, effnet[2][:3])
 
 def test_effnet_weights_do_not_fit_a_resnet(effnet, tmp_path):
     d = _broken(effnet[1], tmp_path, edit=lambda m: m.update(arch='resnet18'))
