@@ -6,15 +6,16 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #e4c7b0b0
 from __future__ import annotations
-import argparse, json, sys, time, platform, warnings
+import argparse, json, os, sys, time, platform, signal, threading, warnings
+from contextlib import contextmanager
 from pathlib import Path
 from . import __version__
 # numpy, pandas, torch, fastai and the course's modules are imported inside the functions that use them:
 # `breakhis-clf --help` then answers at once, instead of after seconds of loading torch
 
 # %% auto #0
-__all__ = ['SYNTHETIC_DIR', 'SPLITS', 'find_data', 'make_split', 'pick_model', 'new_run_dir', 'run_defaults', 'headline',
-           'trained_on', 'train_run', 'build_parser', 'main']
+__all__ = ['SYNTHETIC_DIR', 'SPLITS', 'SPLIT_COLS', 'find_data', 'make_split', 'pick_model', 'new_run_dir', 'run_defaults',
+           'headline', 'RunInterrupted', 'trained_on', 'train_run', 'resume_run', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #063418a9
 SYNTHETIC_DIR = Path('data/breakhis-synthetic-v2')  # v2: eight tumour-type morphologies and a patient with two cases
@@ -149,13 +150,36 @@ def _stop_on_divergence():
     from fastai.callback.core import Callback
     from breakhis_clf.data import UserError
     class StopOnDivergence(Callback):
-        def __init__(self): self.done,self.msg = 0,None  # `done`: epochs of earlier phases, so the epoch named counts across both
+        msg = None
         def after_batch(self):  # training and validation batches
             if not math.isfinite(loss := float(self.loss.detach())):
-                self.msg = f"training diverged at epoch {self.done + self.epoch + 1} (loss {loss}): lower --lr"
-                raise UserError(self.msg)  # fastai adds its own words to the message; `train_run` re-raises `msg` alone
-        def after_fit(self): self.done += self.n_epoch
+                epoch = getattr(self.learn, 'epoch_offset', 0) + self.epoch + 1  # counted across both phases, from 1
+                self.msg = f"training diverged at epoch {epoch} (loss {loss}): lower --lr"
+                raise UserError(self.msg)  # fastai adds its own words to the message; `_fit_run` re-raises `msg` alone
     return StopOnDivergence()
+
+class RunInterrupted(Exception):
+    "Training was stopped by Ctrl-C or SIGTERM: `msg` says what was kept, `status` is the exit status (128 + signal)"
+    def __init__(self, msg, status): super().__init__(msg); self.status = status
+
+def _raise_interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
+
+@contextmanager
+def _interruptible():
+    "Within this block SIGTERM (what `kill`, a job scheduler or a container stop send) stops training like Ctrl-C"
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
+@contextmanager
+def _no_interrupts():
+    "Ignore Ctrl-C and SIGTERM while the model of an interrupted run is being saved"
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s,h in old.items(): signal.signal(s, h)
 
 def _settings(synthetic, pretrained, **given) -> dict:
     "size, bs, freeze_epochs, epochs and lr of a run: those `given` (not None), else `run_defaults(synthetic)`"
@@ -179,21 +203,84 @@ def _report_lines(rep:dict, out) -> list:
                                              "read these numbers as a check that the pipeline runs, not as a measurement.")
     return lines + [f"Evaluation report: {Path(out)/'summary.md'}"]
 
-def _finish(learn, run, df, target, about, report, log):
+def _progress(run:Path) -> dict:
+    "Epochs finished and the best one (counted from 1, with its validation loss) from the run's `history.csv`"
+    import pandas as pd
+    h = pd.read_csv(run/'history.csv') if (run/'history.csv').exists() and (run/'history.csv').stat().st_size else None
+    if h is None or h.empty or not h.valid_loss.notna().any(): return dict(epochs_done=0)
+    best = int(h.valid_loss.idxmin())
+    return dict(epochs_done=len(h), best_epoch=best + 1, best_valid_loss=float(h.valid_loss[best]))
+
+def _keep_interrupted(learn, run, config, df, status, log) -> RunInterrupted:
+    "Save the best epoch so far in the loadable form, mark the run interrupted and say how to resume"
+    from breakhis_clf.train import write_run_state
+    from breakhis_clf.inference import save_model, MODEL_FILES
+    planned,prog = config['freeze_epochs'] + config['epochs'],_progress(run)
+    how = f"resume with: breakhis-clf train --resume {run}"
+    with _no_interrupts():
+        if learn is not None and (run/'models'/'best.pth').exists():
+            learn.load('best', with_opt=False)
+            for f in MODEL_FILES: (run/f).unlink(missing_ok=True)  # the model of an earlier interruption: superseded
+            save_model(learn, run, target=config['target'], trained_on=trained_on(df, config['data'], config['synthetic']))
+            kept = f"best model (epoch {prog['best_epoch']}, valid_loss {prog['best_valid_loss']:.4f}) saved in {run}"
+        else: kept = f"no epoch had finished, so there is no model yet"
+        write_run_state(run, 'interrupted', epochs_planned=planned, **prog, signal=signal.Signals(status - 128).name)
+    return RunInterrupted(f"interrupted after {prog['epochs_done']} of {planned} epochs; {kept}; {how}", status)
+
+def _finish(learn, run, df, config, report, log):
     "Save the loss plot, the model (both forms) and the final metrics of a trained run; evaluate it if `report`"
     from breakhis_clf.train import save_loss_plot
     from breakhis_clf.evaluate import evaluate
-    from breakhis_clf.inference import save_model
+    from breakhis_clf.inference import save_model, fresh_dir, MODEL_FILES
+    about = trained_on(df, config['data'], config['synthetic'])
+    (run/'loss.png').unlink(missing_ok=True)  # a resumed run that failed while finishing: written again, with every epoch
     save_loss_plot(learn, run/'loss.png')
-    save_model(learn, run, target=target, trained_on=about)
+    for f in MODEL_FILES: (run/f).unlink(missing_ok=True)  # the best epoch before an interruption: superseded by the run's best
+    save_model(learn, run, target=config['target'], trained_on=about)
     with learn.no_bar(): vals = learn.validate()
     metrics = dict(zip(['valid_loss', *[m.name for m in learn.metrics]], [float(v) for v in vals]))
-    (run/'metrics.json').write_text(json.dumps(dict(image_level=metrics, subset='valid', synthetic=about['synthetic']), indent=2) + '\n')
+    _write_json(run/'metrics.json', dict(image_level=metrics, subset='valid', synthetic=about['synthetic']))
     log('Validation (it chose the kept epoch): ' + ', '.join(f"{k} {v:.4f}" for k,v in metrics.items()))
     if report:
         sub = 'test' if (df['subset'] == 'test').any() else 'valid'
-        rep = evaluate(learn, df, sub, out=run/'evaluation', about=dict(subset=sub, trained_on=about))
-        for l in _report_lines(rep, run/'evaluation'): log(l)
+        out = fresh_dir(run/'evaluation')  # a resumed run may have been evaluated while interrupted
+        rep = evaluate(learn, df, sub, out=out, about=dict(subset=sub, trained_on=about))
+        for l in _report_lines(rep, out): log(l)
+
+def _write_json(fn:Path, obj):
+    "Write `obj` as indented JSON to `fn` atomically"
+    from breakhis_clf.train import replace_atomic
+    replace_atomic(fn, lambda f: f.write_text(json.dumps(obj, indent=2) + '\n'))
+
+def _fit_run(run:Path, config:dict, df, num_workers, report:bool, log, resume:bool=False) -> Path:
+    "Train (or go on training) the run in `run` as `config` says, recording its state; save, evaluate and mark it complete"
+    from breakhis_clf.data import UserError
+    from breakhis_clf.datablock import breakhis_dls
+    from breakhis_clf.learner import breakhis_learner
+    from breakhis_clf.train import train, write_run_state
+    planned,learn,stop = config['freeze_epochs'] + config['epochs'],None,_stop_on_divergence()
+    write_run_state(run, 'running', epochs_planned=planned, pid=os.getpid(), host=platform.node())
+    try:
+        with _interruptible():
+            try:
+                dls = breakhis_dls(df, size=config['size'], bs=config['bs'], target=config['target'], num_workers=num_workers, seed=config['seed'])
+                learn = breakhis_learner(dls, config['arch'], pretrained=config['pretrained'], weights=config['weights'], seed=config['seed'], path=run)
+                train(learn, epochs=config['epochs'], freeze_epochs=config['freeze_epochs'], base_lr=config['lr'],
+                      lr_mult=100 if config['pretrained'] else 1, monitor='valid_loss', out=run, seed=config['seed'],
+                      cbs=stop, resume=resume)  # from scratch: one learning rate for all layers
+                _finish(learn, run, df, config, report, log)
+            except KeyboardInterrupt as e:
+                raise _keep_interrupted(learn, run, config, df, 128 + (signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT), log) from None
+    except RunInterrupted: raise
+    except BaseException as e:
+        msg = stop.msg or str(e) or type(e).__name__  # a non-finite loss: one line, whatever else failed after it
+        write_run_state(run, 'failed', **_progress(run), epochs_planned=planned, message=msg)
+        if stop.msg: raise UserError(stop.msg) from None
+        raise
+    (run/'models'/'last.pth').unlink(missing_ok=True)  # only resuming needs it (the optimizer state makes it big)
+    write_run_state(run, 'complete', epochs_planned=planned, **_progress(run))
+    return run
+
 
 # %% ../nbs/07_cli.ipynb #29b6d377
 def train_run(data=None, # BreakHis folder; None: the default location, else a synthetic set
@@ -219,14 +306,13 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
              ) -> Path:
     "Train a BreakHis classifier end to end and write everything into a new run folder; return it"
     import torch, fastai
-    from breakhis_clf.data import breakhis_df, UserError
-    from breakhis_clf.datablock import breakhis_dls
-    from breakhis_clf.learner import breakhis_learner, load_pretrained
-    from breakhis_clf.train import train
+    from breakhis_clf.data import breakhis_df
+    from breakhis_clf.learner import load_pretrained
     _check_args(arch, target, magnification)
     _check_settings(valid_pct, test_pct, size=size, bs=bs, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr)
     data,synthetic = find_data(data, log=log)
-    df = make_split(breakhis_df(data, magnifications=magnification), split, data, fold, valid_pct, seed, target, test_pct, log)
+    df = _readable(breakhis_df(data, magnifications=magnification), log)
+    df = make_split(df, split, data, fold, valid_pct, seed, target, test_pct, log)
     arch,wfile = pick_model(arch, pretrained, weights, synthetic, log)  # before the run folder: a weights error leaves nothing
     given = dict(size=size, bs=bs, freeze_epochs=freeze_epochs, epochs=epochs, lr=lr)
     hp = _settings(synthetic, pretrained, **given)
@@ -240,22 +326,61 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
     log(f"{len(df)} images of {df.patient_id.nunique()} patients from {data}: "
         + ', '.join(f"{s} {n.images[s]} images of {n.patients[s]} patients" for s in ('train', 'valid', 'test') if s in n.index)
         + " (no patient in two of them)")
-    df[['path','patient_id','case_id','label','tumor_type','magnification','subset','is_valid']].to_csv(run/'split.csv', index=False)
+    from breakhis_clf.train import replace_atomic
+    replace_atomic(run/'split.csv', lambda f: df[SPLIT_COLS].to_csv(f, index=False))
     config = dict(data=str(data), synthetic=synthetic, arch=arch, pretrained=pretrained, weights=str(wfile) if wfile else None,
                   **hp, magnification=magnification, target=target, split=split, fold=fold, valid_pct=valid_pct, test_pct=test_pct, seed=seed,
                   versions=dict(breakhis_clf=__version__, fastai=fastai.__version__, torch=torch.__version__,
                                 python=platform.python_version()))
-    (run/'config.json').write_text(json.dumps(config, indent=2) + '\n')
-    dls = breakhis_dls(df, size=hp['size'], bs=hp['bs'], target=target, num_workers=num_workers, seed=seed)
-    learn = breakhis_learner(dls, arch, pretrained=pretrained, weights=wfile, seed=seed, path=run)
-    stop = _stop_on_divergence()
-    try: train(learn, epochs=hp['epochs'], freeze_epochs=hp['freeze_epochs'], base_lr=hp['lr'],
-               lr_mult=100 if pretrained else 1, monitor='valid_loss', out=run, seed=seed, cbs=stop)  # from scratch: one rate
-    except Exception:
-        if stop.msg: raise UserError(stop.msg) from None  # a non-finite loss: one line, whatever else failed after it
-        raise
-    _finish(learn, run, df, target, trained_on(df, data, synthetic), evaluate, log)
-    return run
+    _write_json(run/'config.json', config)
+    return _fit_run(run, config, df, num_workers, evaluate, log)
+
+
+# %% ../nbs/07_cli.ipynb #da130521
+SPLIT_COLS = ['path', 'patient_id', 'case_id', 'label', 'tumor_type', 'magnification', 'subset', 'is_valid']  # columns of `split.csv`
+
+def _readable(df, log=print):
+    "`df` without the images that cannot be read (each named in the log), checked before any training"
+    from breakhis_clf.data import check_images, UserError
+    bad = check_images(df.path, size=None, progress=len(df) > 200)
+    bad = bad[~bad.problem.str.startswith('mode ')]  # other image modes (grey, RGBA, 16-bit) are converted to RGB: fine
+    if bad.empty: return df
+    for r in bad.head(10).itertuples(): log(f"Skipped {r.path}: {r.problem}")
+    if len(bad) > 10: log(f"... and {len(bad) - 10} more unreadable images")
+    df = df[~df.path.astype(str).isin(set(bad.path))].reset_index(drop=True)
+    if df.empty: raise UserError("no image could be read")
+    log(f"{len(bad)} unreadable image(s) left out; training on the other {len(df)}.")
+    return df
+
+def resume_run(run, # a run folder whose training was interrupted (or failed)
+               num_workers:int|None=None, # data-loading processes
+               evaluate:bool=True, # evaluate on the test patients (else the validation patients) at the end
+               log=print, # where messages go
+              ) -> Path:
+    "Go on training an interrupted run from its last finished epoch, with its own settings and split, until it is complete"
+    from breakhis_clf.data import UserError
+    from breakhis_clf.train import read_run_state
+    from breakhis_clf.inference import read_split
+    run = Path(run).expanduser()
+    if not (run/'config.json').exists(): raise UserError(f"{run}: not a run folder (it has no config.json)")
+    st = read_run_state(run)
+    if st['state'] == 'complete': raise UserError(f"{run}: the run is complete; there is nothing to resume")
+    if st['state'] == 'running' and st.get('host') == platform.node() and _alive(st.get('pid')):
+        raise UserError(f"{run}: is being trained by process {st['pid']}; stop it first (Ctrl-C), then resume")
+    config,df = json.loads((run/'config.json').read_text()),read_split(run/'split.csv')
+    if gone := [p for p in df.path if not Path(p).exists()]:
+        raise UserError(f"{len(gone)} image(s) of {run/'split.csv'} are missing, e.g. {gone[0]}: the run can only resume on its own data")
+    log(f"Resuming {run} ({st['state']} after {st.get('epochs_done', 0)} of {config['freeze_epochs'] + config['epochs']} epochs) "
+        "with its own settings and split.")
+    return _fit_run(run, config, df, num_workers, evaluate, log, resume=True)
+
+def _alive(pid) -> bool:
+    "Is process `pid` running (on this machine)?"
+    if not isinstance(pid, int) or pid == os.getpid(): return False
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True
+
 
 # %% ../nbs/07_cli.ipynb #bd212505
 def _dflt(k):
@@ -285,13 +410,20 @@ def _train_args(p):
     a('--out', default='runs', help='parent folder of run folders (default: runs)')
     a('--num-workers', type=int, default=None, help='data-loading processes (default: fastai\'s)')
     a('--no-evaluate', dest='evaluate', action='store_false', help='skip the evaluation report at the end')
+    a('--resume', metavar='RUN', help='go on training an interrupted run folder from its last finished epoch, with its own '
+      'settings and split (give no other setting)')
 
 def _train_cmd(args):
     from breakhis_clf.data import UserError
     if args.pretrained is False and args.weights: raise UserError("--weights and --no-pretrained contradict each other")
     kw = {k: getattr(args, k) for k in ['data','arch','size','bs','epochs','freeze_epochs','lr','magnification','target',
           'split','fold','valid_pct','test_pct','seed','pretrained','weights','out','num_workers','evaluate']}
-    run = train_run(**kw)
+    if args.resume is not None:
+        dflt = vars(build_parser().parse_args(['train']))
+        if given := [k for k in kw if k not in ('num_workers', 'evaluate') and kw[k] != dflt[k]]:
+            raise UserError(f"--resume takes the run's own settings; do not give --{given[0].replace('_', '-')}")
+        run = resume_run(args.resume, num_workers=args.num_workers, evaluate=args.evaluate)
+    else: run = train_run(**kw)
     print(f"Done: {run}")
     return 0
 
@@ -332,15 +464,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_predict_cmd)
     return p
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    "Print a warning as one `breakhis-clf: warning:` line (not Python's file:line form)"
+    print(f"breakhis-clf: warning: {message}", file=sys.stderr)
+
 def main(argv=None) -> int:
     "Entry point of the `breakhis-clf` command"
     args = build_parser().parse_args(argv)  # `--help` and usage errors end here, before torch is loaded
     from breakhis_clf.data import UserError
-    try: return args.func(args)
+    show,warnings.showwarning = warnings.showwarning,_show_warning
+    try:
+        with _interruptible(): return args.func(args)  # SIGTERM stops a command like Ctrl-C: files being written are cleaned up
     except (UserError, FileNotFoundError) as e:
         if args.debug: raise
         print(f"breakhis-clf: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"breakhis-clf: {e}", file=sys.stderr)
+        return e.status
     except KeyboardInterrupt:
         print("breakhis-clf: interrupted", file=sys.stderr)
         return 130
+    finally: warnings.showwarning = show
+

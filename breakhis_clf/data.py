@@ -6,7 +6,8 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #c627ac8d
 from __future__ import annotations
-import re, os, shutil, socket, warnings
+import re, os, shutil, socket, secrets, warnings
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd
@@ -187,6 +188,30 @@ def breakhis_relpath(r:BreakHisName, seq:int|None=None) -> Path:
 # %% ../nbs/00_data.ipynb #1c39cc59
 SYNTHETIC_MARKER = 'SYNTHETIC.txt'
 
+@contextmanager
+def _partial_folder(target:Path):
+    "A new hidden folder beside `target`, unique to this call, to write into; removed on any error, Ctrl-C included"
+    tmp = target.parent/f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try: yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+def _publish(tmp:Path, target:Path, same) -> Path:
+    "Rename `tmp` to `target` in one step; if another process got there first and `same(target)`, keep theirs"
+    with suppress(OSError): target.rmdir()  # an empty `target` is replaced (renaming onto it fails on Windows)
+    try: os.rename(tmp, target)
+    except OSError:
+        if not same(target): raise UserError(f"{target}: written by someone else meanwhile, with other contents (nothing was overwritten)") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+def _marker_text(root:Path) -> str|None:
+    "The synthetic marker of the dataset in `root`, or None"
+    try: return (root/SYNTHETIC_MARKER).read_text()
+    except OSError: return None
+
 def make_synthetic_breakhis(dest, # folder to create the dataset in (it gets a `BreaKHis_v1` folder)
                             n_patients:int=16, # cases (slide folders), spread over the 8 tumour types, half of them malignant
                             images_per_patient:int=4, # images per case and magnification
@@ -196,32 +221,36 @@ def make_synthetic_breakhis(dest, # folder to create the dataset in (it gets a `
                             two_case_patient:bool=False, # make the last lobular case a second case of the last ductal patient, like 14-13412
                             progress:bool=True, # show a progress bar
                            ) -> Path:
-    "Write a small BreakHis-like dataset in the official layout; return its `BreaKHis_v1` folder"
-    root = Path(dest).expanduser()/'BreaKHis_v1'
-    if root.exists() and any(root.iterdir()):
+    "Write a small BreakHis-like dataset in the official layout, atomically; return its `BreaKHis_v1` folder"
+    dest = Path(dest).expanduser()
+    root = dest/'BreaKHis_v1'
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root}: already exists and is not empty; choose another destination (nothing was overwritten)")
+    if dest.exists() and not dest.is_dir(): raise UserError(f"{dest}: not a folder")
     if n_patients < 4: raise UserError(f"n_patients={n_patients}: need at least 4 (2 benign, 2 malignant) for a patient-wise split")
-    if two_case_patient and n_patients < 4: raise UserError("two_case_patient needs a ductal and a lobular case: n_patients >= 4")
+    mags = [int(m) for m in listify(magnifications)]
     rng = np.random.default_rng(seed)
     types = [BENIGN_TYPES[i//2 % 4] if i%2==0 else MALIGNANT_TYPES[i//2 % 4] for i in range(n_patients)]
     pids = [f"99-{10000+i*37+int(rng.integers(0,37))}{'ABCDEFGH'[i%8]}" for i in range(n_patients)]
     if two_case_patient: pids[max(i for i,t in enumerate(types) if t=='LC')] = pids[max(i for i,t in enumerate(types) if t=='DC')]
-    todo = []
-    for i,(tt,pid) in enumerate(zip(types, pids)):
-        label = 'benign' if tt in BENIGN_TYPES else 'malignant'
-        for mag in listify(magnifications):
-            for s in range(1, images_per_patient+1):
-                todo.append((BreakHisName(label, tt, TUMOR_TYPES[tt], pid, int(mag), s), i))
+    todo = [(BreakHisName('benign' if tt in BENIGN_TYPES else 'malignant', tt, TUMOR_TYPES[tt], pid, mag, s), i)
+            for i,(tt,pid) in enumerate(zip(types, pids)) for mag in mags for s in range(1, images_per_patient+1)]
     looks = [np.random.default_rng([seed, i]) for i in range(n_patients)]
     looks = [(_patient_stain(g), g.uniform(0.75, 1.3)) for g in looks]  # each case's stain and density
-    for k,(r,i) in enumerate(progress_bar(todo, leave=False) if progress else todo):
-        p = root/breakhis_relpath(r)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tile = synthetic_tile(r.tumor_type, r.magnification, size, *looks[i], rng=np.random.default_rng([seed, i, k]))
-        tile.save(p, compress_level=1)
-    (root/SYNTHETIC_MARKER).write_text("Synthetic BreakHis-like images written by breakhis_clf.data.make_synthetic_breakhis.\n"
-                                       "Not real tissue: for tests, demos and offline runs only.\n")
-    return root
+    marker = ("Synthetic BreakHis-like images written by breakhis_clf.data.make_synthetic_breakhis.\n"
+              "Not real tissue: for tests, demos and offline runs only.\n"
+              f"n_patients={n_patients} images_per_patient={images_per_patient} magnifications={mags} "
+              f"size={tuple(size)} seed={seed} two_case_patient={two_case_patient}\n")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with _partial_folder(root) as tmp:  # written whole under a hidden name, then renamed: never half a dataset
+            for k,(r,i) in enumerate(progress_bar(todo, leave=False) if progress else todo):
+                p = tmp/breakhis_relpath(r)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                synthetic_tile(r.tumor_type, r.magnification, size, *looks[i], rng=np.random.default_rng([seed, i, k])).save(p, compress_level=1)
+            (tmp/SYNTHETIC_MARKER).write_text(marker)  # last: only a complete set carries the marker
+            return _publish(tmp, root, lambda t: _marker_text(t) == marker)
+    except OSError as e: raise UserError(f"{dest}: cannot write the synthetic dataset ({e.strerror or e}); nothing was kept") from None
 
 def is_synthetic(path) -> bool:
     "Whether `path` (or a parent of it) holds a dataset written by `make_synthetic_breakhis`"
@@ -244,9 +273,13 @@ def _folder_mismatch(p:Path, r:BreakHisName):
             return f"in patient folder {d!r} but its name says {r.tumor_type}, patient {r.patient_id}"
 
 # %% ../nbs/00_data.ipynb #c0f5c64c
+def _hidden(p:Path, root:Path) -> bool:
+    "Whether `p` is hidden below `root`: a dot file, or inside a dot folder such as a `.BreaKHis_v1.partial-*` being written"
+    return any(s.startswith('.') for s in p.relative_to(root).parts)
+
 def _find_files(path:Path):
     "All files under `path` (a folder), skipping hidden ones"
-    return sorted(p for p in path.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(path).parts))
+    return sorted(p for p in path.rglob('*') if p.is_file() and not _hidden(p, path))
 
 def breakhis_df(path, # a `BreaKHis_v1` folder, a parent or child of it, or a flat folder of BreakHis files
                 magnifications=None, # keep only these magnifications (e.g. `[40]`); all when None
@@ -377,14 +410,38 @@ class BadImageError(UserError):
         super().__init__(f"{path}: {problem}")
 
 # %% ../nbs/00_data.ipynb #5ded75d3
+_FOLDS_COLUMNS = ('fold', 'mag', 'grp', 'filename')
+
+def _read_csv(csv:Path) -> pd.DataFrame:
+    "The table in the text file `csv`, or a `UserError` saying why it is not one"
+    if csv.is_dir(): raise UserError(f"{csv}: is a folder, not a CSV file")
+    try:
+        with open(csv, 'rb') as f: head = f.read(8192)
+        if not head: raise UserError(f"{csv}: empty file (0 bytes), not a CSV file")
+        if b'\0' in head: raise UserError(f"{csv}: binary file, not a CSV file")
+        return pd.read_csv(csv, encoding='utf-8-sig')
+    except UnicodeDecodeError: raise UserError(f"{csv}: not UTF-8 text, not a CSV file") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e: raise UserError(f"{csv}: not a readable CSV file ({str(e).strip().splitlines()[0]})") from None
+    except OSError as e: raise UserError(f"{csv}: cannot be read ({e.strerror or e})") from None
+
 def read_folds(csv) -> pd.DataFrame:
     "Read the `Folds.csv` of the Kaggle BreakHis release (columns fold, mag, grp, filename)"
-    csv = Path(csv)
+    csv = Path(csv).expanduser()
     if not csv.exists(): raise FileNotFoundError(f"{csv}: file not found")
-    folds = pd.read_csv(csv)
-    if missing := {'fold','mag','grp','filename'} - set(folds.columns):
+    folds = _read_csv(csv)
+    if missing := set(_FOLDS_COLUMNS) - set(folds.columns):
         raise UserError(f"{csv}: not a BreakHis Folds.csv (missing columns {sorted(missing)})")
-    folds['fname'] = folds.filename.map(lambda f: Path(f).name)
+    if folds.empty: raise UserError(f"{csv}: has the columns of a Folds.csv but no rows")
+    if (na := folds[list(_FOLDS_COLUMNS)].isna()).any().any():
+        i = na.any(axis=1).to_numpy().argmax()
+        raise UserError(f"{csv}: row {i+1} has no {na.columns[na.iloc[i].to_numpy()][0]}")
+    num = pd.to_numeric(folds.fold, errors='coerce')
+    if (bad := num.isna() | (num % 1 != 0)).any():
+        raise UserError(f"{csv}: column fold must hold whole numbers (row {bad.to_numpy().argmax()+1}: {folds.fold[bad].iloc[0]!r})")
+    folds['fold'] = num.astype(int)
+    if bad := sorted(set(folds.grp.astype(str)) - {'train', 'test'}):
+        raise UserError(f"{csv}: column grp must be train or test (found {bad[0]!r})")
+    folds['fname'] = folds.filename.map(lambda f: Path(str(f)).name)
     return folds
 
 def folds_split(df:pd.DataFrame, # a table from `breakhis_df`
@@ -415,11 +472,11 @@ def default_data_path() -> Path:
     return Path(os.environ.get('BREAKHIS_DIR', '~/.breakhis')).expanduser()
 
 def _find_in(path) -> Path|None:
-    "The `BreaKHis_v1` folder at or under `path`, or None"
+    "The `BreaKHis_v1` folder at or under `path` (not inside a hidden folder), or None"
     path = Path(path).expanduser()
     if not path.exists(): return None
     if path.name == 'BreaKHis_v1': return path
-    return next(iter(sorted(path.glob('**/BreaKHis_v1'))), None)
+    return next((p for p in sorted(path.glob('**/BreaKHis_v1')) if not _hidden(p, path)), None)
 
 def find_breakhis(path=None, # the folder to look in; None: `default_data_path()`, then `roots`
                   roots=SEARCH_ROOTS, # where else to look when `path` is None (Kaggle's `/kaggle/input`)
@@ -472,21 +529,38 @@ def _to_rgb(im:Image.Image) -> Image.Image:
         return Image.alpha_composite(bg, im).convert('RGB')
     return im.convert('RGB')
 
-def load_rgb(path) -> Image.Image:
-    "Open and fully decode the image at `path` as 8-bit RGB, or raise `BadImageError` saying why"
-    p = Path(path)
+_SIGNATURES = {b'\x89PNG\r\n\x1a\n': 'PNG', b'\xff\xd8\xff': 'JPEG', b'II*\x00': 'TIFF', b'MM\x00*': 'TIFF', b'BM': 'BMP'}
+
+def _unreadable(p:Path) -> str:
+    "Why PIL cannot identify `p`: a corrupt image when it starts like one, else not an image"
+    with open(p, 'rb') as f: head = f.read(8)
+    fmt = next((v for k,v in _SIGNATURES.items() if head.startswith(k)), None)
+    return f'corrupt {fmt} image (it starts like one, but cannot be read)' if fmt else 'not an image (unreadable or unknown format)'
+
+def _decode(p:Path) -> Image.Image:
+    "The image at `p`, fully decoded in its own mode, or raise `BadImageError` saying why"
     if not p.exists(): raise BadImageError(p, 'file not found')
     if p.is_dir(): raise BadImageError(p, 'is a folder, not an image')
     if p.stat().st_size == 0: raise BadImageError(p, 'empty file (0 bytes)')
     try:
         with Image.open(p) as im:
             im.load()
-            return _to_rgb(im)
-    except UnidentifiedImageError: raise BadImageError(p, 'not an image (unreadable or unknown format)') from None
+            return im
+    except UnidentifiedImageError: raise BadImageError(p, _unreadable(p)) from None
     except Image.DecompressionBombError as e: raise BadImageError(p, f'image too large to open safely ({e})') from None
     except (OSError, SyntaxError, ValueError) as e:
         msg = 'truncated or corrupt image' if 'truncated' in str(e) or 'broken' in str(e) else f'corrupt image ({e})'
         raise BadImageError(p, msg) from None
+
+def _rgb(im:Image.Image, p:Path) -> Image.Image:
+    "`im` (opened from `p`) as 8-bit RGB, or raise `BadImageError`"
+    try: return _to_rgb(im)
+    except (OSError, ValueError) as e: raise BadImageError(p, f'mode {im.mode} cannot be converted to RGB ({e})') from None
+
+def load_rgb(path) -> Image.Image:
+    "Open and fully decode the image at `path` as 8-bit RGB, or raise `BadImageError` saying why"
+    p = Path(path)
+    return _rgb(_decode(p), p)
 
 # %% ../nbs/00_data.ipynb #2c0d2b1a
 def check_images(paths, # image files (e.g. `df.path`)
@@ -496,9 +570,8 @@ def check_images(paths, # image files (e.g. `df.path`)
     "A table (path, problem) of the images in `paths` that are unreadable, truncated, not RGB or oddly sized"
     rows = []
     for p in (progress_bar(list(paths), leave=False) if progress else paths):
-        try: load_rgb(p)
+        try: im = _decode(Path(p)); _rgb(im, Path(p))  # each file is opened and decoded once
         except BadImageError as e: rows.append((str(p), e.problem)); continue
-        with Image.open(p) as im: mode,sz = im.mode,im.size
-        if mode != 'RGB': rows.append((str(p), f'mode {mode}, not RGB (it will be converted)'))
-        if size is not None and tuple(sz) != tuple(size): rows.append((str(p), f'size {sz[0]}x{sz[1]}, not {size[0]}x{size[1]}'))
+        if im.mode != 'RGB': rows.append((str(p), f'mode {im.mode}, not RGB (it will be converted)'))
+        if size is not None and tuple(im.size) != tuple(size): rows.append((str(p), f'size {im.size[0]}x{im.size[1]}, not {size[0]}x{size[1]}'))
     return pd.DataFrame(rows, columns=['path', 'problem'])

@@ -6,7 +6,7 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/evaluate.html.md"""
 
 # %% ../nbs/04_evaluate.ipynb #6cfec1f5
 from __future__ import annotations
-import json, warnings
+import contextlib, json, os, shutil, uuid, warnings
 from pathlib import Path
 
 from .data import LABELS, UserError, parse_name  # first: it silences a torch.jit warning that fastai's import triggers
@@ -24,7 +24,7 @@ __all__ = ['POSITIVE', 'META_COLS', 'SMALL_SAMPLE', 'REPORT_FILES', 'class_names
            'patient_recognition_rate', 'patient_metrics', 'headline_metrics', 'plot_confusion', 'plot_roc', 'by_group',
            'bootstrap_counts', 'resample_patients', 'bootstrap_ci', 'accuracy_metrics', 'weighted_auc',
            'weighted_metrics', 'resampled_stats', 'report_ci', 'evaluation_report', 'plot_by_group', 'markdown_table',
-           'describe_data', 'summary_markdown', 'check_report_dir', 'write_report', 'evaluate']
+           'describe_data', 'summary_markdown', 'check_report_dir', 'atomic_folder', 'write_report', 'evaluate']
 
 # %% ../nbs/04_evaluate.ipynb #fde27b46
 POSITIVE = 'malignant'  # the positive class of the binary task (ROC curves, AUC, patient malignant score)
@@ -85,8 +85,8 @@ def predictions_table(df:pd.DataFrame, # image table (from `breakhis_df`), one r
     cs, probs = [str(c) for c in classes], np.asarray(probs, dtype=np.float32)
     if probs.shape != (len(df), len(cs)): raise ValueError(f"probabilities of shape {probs.shape} for {len(df)} images and {len(cs)} classes")
     res = df[list(META_COLS)].reset_index(drop=True)
-    res['prediction'] = np.array(cs)[probs.argmax(1)]
-    res['probability'] = probs[:, cs.index(POSITIVE)] if sorted(cs) == sorted(LABELS) else probs.max(1)
+    res['predicted'] = np.array(cs)[probs.argmax(1)]
+    res['confidence'] = probs.max(1)  # the probability of `predicted`, in every task
     for i,c in enumerate(cs): res[f'p_{c}'] = probs[:, i]
     return res
 
@@ -141,7 +141,7 @@ def image_metrics(preds:pd.DataFrame, # predictions table
                   full:bool=True, # add the classification report and confusion matrix
                  ) -> dict:
     "Image-level metrics of `preds`, computed by scikit-learn"
-    y, yhat, cs = class_codes(preds), class_codes(preds, 'prediction'), class_names(preds)
+    y, yhat, cs = class_codes(preds), class_codes(preds, 'predicted'), class_names(preds)
     res = dict(accuracy=float(skm.accuracy_score(y, yhat)),
                balanced_accuracy=float(_quiet(skm.balanced_accuracy_score, y, yhat)),
                roc_auc=roc_auc(preds))
@@ -159,7 +159,7 @@ def score_unit(preds:pd.DataFrame) -> str:
 
 def patient_scores(preds:pd.DataFrame, # predictions table
                   ) -> pd.DataFrame:
-    "One row per patient (per case for tumour types): true class, image count, mean class probabilities, prediction, fraction of images right"
+    "One row per patient (per case for tumour types): true class, image count, mean class probabilities, predicted class and its probability, fraction of images right"
     tc, cs, pcols, unit = truth_col(preds), class_names(preds), _prob_cols(preds), score_unit(preds)
     g = preds.groupby(unit, sort=True)
     mixed = g[tc].nunique()
@@ -168,9 +168,9 @@ def patient_scores(preds:pd.DataFrame, # predictions table
     res.insert(0, tc, g[tc].first())
     if unit != 'patient_id': res.insert(1, 'patient_id', g['patient_id'].first())
     res.insert(len(res.columns) - len(pcols), 'n_images', g.size())
-    res['prediction'] = np.array(cs)[res[pcols].to_numpy().argmax(1)]
-    res['probability'] = res[f'p_{POSITIVE}'] if is_binary(preds) else res[pcols].max(axis=1)
-    res['recognition_rate'] = (preds[tc] == preds['prediction']).groupby(preds[unit]).mean()
+    res['predicted'] = np.array(cs)[res[pcols].to_numpy().argmax(1)]
+    res['confidence'] = res[pcols].max(axis=1)  # the mean probability of `predicted`, as for images
+    res['recognition_rate'] = (preds[tc] == preds['predicted']).groupby(preds[unit]).mean()
     return res
 
 # %% ../nbs/04_evaluate.ipynb #8ffd39c4
@@ -183,7 +183,7 @@ def patient_metrics(preds:pd.DataFrame, # predictions table
                    ) -> dict:
     "Patient-level metrics: accuracy, balanced accuracy and ROC-AUC of the patient scores, recognition rate"
     ps = patient_scores(preds)
-    y, yhat = class_codes(ps), class_codes(ps, 'prediction')
+    y, yhat = class_codes(ps), class_codes(ps, 'predicted')
     res = dict(accuracy=float(skm.accuracy_score(y, yhat)),
                balanced_accuracy=float(_quiet(skm.balanced_accuracy_score, y, yhat)),
                roc_auc=roc_auc(ps), recognition_rate=float(ps['recognition_rate'].mean()))
@@ -205,7 +205,7 @@ def plot_confusion(preds:pd.DataFrame, # predictions table
     fig, axs = plt.subplots(1, 2, figsize=figsize)
     ps = patient_scores(preds)
     for ax,(d,what) in zip(axs, [(preds,'images'), (ps,'patients' if score_unit(preds) == 'patient_id' else 'cases')]):
-        skm.ConfusionMatrixDisplay.from_predictions(d[tc], d['prediction'], labels=cs, ax=ax, cmap='Blues',
+        skm.ConfusionMatrixDisplay.from_predictions(d[tc], d['predicted'], labels=cs, ax=ax, cmap='Blues',
                                                     colorbar=False, xticks_rotation=45 if len(cs) > 2 else 0)
         ax.set_title(f'{what} (n={len(d)})')
     fig.tight_layout()
@@ -294,8 +294,8 @@ def bootstrap_ci(preds:pd.DataFrame, # predictions table
 def accuracy_metrics(preds:pd.DataFrame) -> dict:
     "The cheap metrics we put intervals on per slice: image accuracy, patient accuracy, patient recognition rate"
     ps = patient_scores(preds)
-    return dict(image_accuracy=float(skm.accuracy_score(class_codes(preds), class_codes(preds, 'prediction'))),
-                patient_accuracy=float(skm.accuracy_score(class_codes(ps), class_codes(ps, 'prediction'))),
+    return dict(image_accuracy=float(skm.accuracy_score(class_codes(preds), class_codes(preds, 'predicted'))),
+                patient_accuracy=float(skm.accuracy_score(class_codes(ps), class_codes(ps, 'predicted'))),
                 patient_recognition_rate=float(ps['recognition_rate'].mean()))
 
 def _report_stats(preds, ci_by=()):
@@ -332,7 +332,7 @@ def weighted_metrics(preds:pd.DataFrame, # predictions (or patient scores) table
                      w, # (B, rows of `preds`) weights, one set per resample
                     ) -> dict:
     "Accuracy, balanced accuracy and ROC-AUC of `preds` under each row of weights `w`, as `image_metrics` computes them"
-    y, yhat, cs = class_codes(preds), class_codes(preds, 'prediction'), class_names(preds)
+    y, yhat, cs = class_codes(preds), class_codes(preds, 'predicted'), class_names(preds)
     probs = preds[_prob_cols(preds)].to_numpy(float)
     n_c = np.stack([w @ (y == c) for c in range(len(cs))], 1)
     hit = np.stack([w @ ((y == c) & (yhat == c)) for c in range(len(cs))], 1)
@@ -364,8 +364,8 @@ def resampled_stats(preds:pd.DataFrame, # predictions table
             d = preds.iloc[rows]
             psg = patient_scores(d)
             pw = counts[:, of(psg)]
-            res.update({(col, g, 'image_accuracy'): _wmean(d[tc].to_numpy() == d['prediction'].to_numpy(), counts[:, pidx[rows]]),
-                        (col, g, 'patient_accuracy'): _wmean(psg[tc] == psg['prediction'], pw),
+            res.update({(col, g, 'image_accuracy'): _wmean(d[tc].to_numpy() == d['predicted'].to_numpy(), counts[:, pidx[rows]]),
+                        (col, g, 'patient_accuracy'): _wmean(psg[tc] == psg['predicted'], pw),
                         (col, g, 'patient_recognition_rate'): _wmean(psg['recognition_rate'], pw)})
     return res
 
@@ -478,6 +478,9 @@ def _about_lines(rep):
             }.get(sub, f"images under {rep['evaluated_data']}" if rep.get('evaluated_data') else 'the images given')
     lines = [f"- Model trained on: {describe_data(rep['trained_on'])}." if rep.get('trained_on') else None,
              f"- Evaluated on: {where}: {rep['n_images']} images of {rep['n_patients']} patients."]
+    if (st := rep.get('run_state') or {}).get('state', 'complete') != 'complete':
+        lines.append(f"- **The training run is {st['state']}** after {st.get('epochs_done', '?')} of {st.get('epochs_planned', '?')} epochs: "
+                     "this is the best epoch saved before that, not the finished model.")
     if rep.get('small_sample'): lines.append(f"- **Only {rep['n_patients']} patients were evaluated**, fewer than {SMALL_SAMPLE}: "
                                              "the intervals below carry little information; read these numbers as a check that the pipeline runs.")
     return '\n'.join(l for l in lines if l)
@@ -528,25 +531,60 @@ def _footnote(rep):
 
 def _save(fig, fn, note=None):
     "Save `fig` to `fn` with the footnote `note`, and close it"
-    if note: fig.text(0.01, -0.01, note, fontsize=7, ha='left', va='top', wrap=True, color='0.3')
-    fig.savefig(fn, dpi=110, bbox_inches='tight')
-    plt.close(fig)
+    try:
+        if note: fig.text(0.01, -0.01, note, fontsize=7, ha='left', va='top', wrap=True, color='0.3')
+        fig.savefig(fn, dpi=110, bbox_inches='tight')
+    finally: plt.close(fig)
 
+
+# %% ../nbs/04_evaluate.ipynb #9a31591d
+def _os_cause(e:OSError, tmp:Path, out:Path) -> str:
+    "What went wrong in `e`, in a few words; a file in the temporary folder `tmp` is named as it would be in `out`"
+    why, fn = e.strerror or str(e), getattr(e, 'filename', None)
+    if fn is None: return why
+    try: fn = out/Path(fn).relative_to(tmp)
+    except ValueError: fn = Path(fn)
+    return why if fn == out else f"{why} ({fn})"
+
+@contextlib.contextmanager
+def atomic_folder(out, # the folder to create: missing, or an empty folder
+                  what:str='the report', # what is written, for the error message
+                 ):
+    "A temporary folder beside `out` to write into: renamed to `out` when the block ends, removed (and a `UserError`) when writing fails"
+    out = Path(out)
+    made = [p for p in out.parents if not p.exists()]  # folders we create, innermost first: removed again on failure
+    tmp = out.parent/f'.{out.name}.{uuid.uuid4().hex[:8]}.partial'
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        os.replace(tmp, out)  # one step: `out` is complete or absent (an empty `out` is replaced)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in made:
+            with contextlib.suppress(OSError): p.rmdir()
+        if isinstance(e, OSError): raise UserError(f"{out}: cannot write {what}: {_os_cause(e, tmp, out)}; nothing was written") from None
+        raise
+
+
+# %% ../nbs/04_evaluate.ipynb #d3dbbfd5
 def write_report(preds:pd.DataFrame, # predictions table
                  rep:dict, # its `evaluation_report`
                  out, # folder to create; must be missing or empty
+                 extra:dict|None=None, # more files for the folder: name -> DataFrame, written as CSV
                 ) -> Path:
-    "Write the report files (`REPORT_FILES`) of `preds` and `rep` into the new folder `out`"
+    "Write the report files (`REPORT_FILES`) of `preds` and `rep` into the new folder `out`: all of them, or none"
     out = check_report_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    preds.to_csv(out/'predictions.csv', index=False)
-    (out/'metrics.json').write_text(json.dumps(rep, indent=2, allow_nan=False) + '\n')
-    (out/'summary.md').write_text(summary_markdown(rep))
-    note = _footnote(rep)
-    _save(plot_confusion(preds), out/'confusion_matrix.png', note)
-    _save(plot_roc(preds), out/'roc_curve.png', note)
-    _save(plot_by_group(rep, 'magnification'), out/'by_magnification.png', note)
+    metrics, summary, note = json.dumps(rep, indent=2, allow_nan=False) + '\n', summary_markdown(rep), _footnote(rep)
+    with atomic_folder(out) as tmp:
+        preds.to_csv(tmp/'predictions.csv', index=False)
+        (tmp/'metrics.json').write_text(metrics)
+        (tmp/'summary.md').write_text(summary)
+        _save(plot_confusion(preds), tmp/'confusion_matrix.png', note)
+        _save(plot_roc(preds), tmp/'roc_curve.png', note)
+        _save(plot_by_group(rep, 'magnification'), tmp/'by_magnification.png', note)
+        for name, d in (extra or {}).items(): d.to_csv(tmp/name, index=False)
     return out
+
 
 # %% ../nbs/04_evaluate.ipynb #7a19bfa0
 def evaluate(learn:Learner, # a trained classifier

@@ -15,7 +15,7 @@ from fastai.learner import Learner
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from .datablock import RGBImage
-from .evaluate import truth_col, _prob_cols
+from .evaluate import truth_col
 
 # %% auto #0
 __all__ = ['cam_layer', 'model_input', 'gradcam', 'show_gradcam', 'plot_gradcams']
@@ -90,15 +90,14 @@ def plot_gradcams(learn:Learner, # a trained classifier
                   **kwargs, # passed to `show_gradcam`
                  ) -> plt.Figure:
     "Grad-CAM of the `n` most confident correct and the `n` most confident wrong predictions"
-    conf = preds[_prob_cols(preds)].max(axis=1)
-    right = preds[truth_col(preds)] == preds['prediction']
-    rows = [(what, preds[sel].assign(conf=conf[sel]).nlargest(n, 'conf')) for what,sel in (('correct', right), ('wrong', ~right))]
+    right = preds[truth_col(preds)] == preds['predicted']
+    rows = [(what, preds[sel].nlargest(n, 'confidence')) for what,sel in (('correct', right), ('wrong', ~right))]
     rows = [(w,d) for w,d in rows if len(d)]
     fig, axs = plt.subplots(len(rows), n, figsize=(3*n, 3.2*len(rows)), squeeze=False)
     for r,(what,d) in enumerate(rows):
         for c,ax in enumerate(axs[r]):
             if c >= len(d): ax.set_axis_off(); continue
             o = d.iloc[c]
-            show_gradcam(learn, o.path, ax=ax, title=f"{what}: {o[truth_col(preds)]} -> {o.prediction} ({o.conf:.2f})", **kwargs)
+            show_gradcam(learn, o.path, ax=ax, title=f"{what}: {o[truth_col(preds)]} -> {o.predicted} ({o.confidence:.2f})", **kwargs)
     fig.tight_layout()
     return fig

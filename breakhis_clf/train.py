@@ -6,7 +6,7 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/training.html.md"""
 
 # %% ../nbs/03_training.ipynb #fe7de028
 from __future__ import annotations
-import random, tempfile
+import json, os, random, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,13 +15,16 @@ import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from fastai.vision.all import *
 from fastai.callback.channelslast import ChannelsLast
+from fastai.learner import save_model, load_model
 from fastprogress.fastprogress import progress_bar
 from .datablock import breakhis_dls
 from .learner import breakhis_learner
 
 # %% auto #0
-__all__ = ['seed_everything', 'PhaseCSVLogger', 'LossRecorder', 'monitor_names', 'train', 'plot_loss_history', 'save_loss_plot',
-           'few_per_class', 'PhaseScores', 'data_efficiency', 'plot_data_efficiency']
+__all__ = ['RUN_STATES', 'seed_everything', 'PhaseCSVLogger', 'LossRecorder', 'monitor_names', 'replace_atomic',
+           'AtomicSaveModel', 'Checkpoint', 'read_checkpoint', 'fit_one_cycle_from', 'write_run_state',
+           'read_run_state', 'train', 'plot_loss_history', 'save_loss_plot', 'few_per_class', 'PhaseScores',
+           'data_efficiency', 'plot_data_efficiency']
 
 # %% ../nbs/03_training.ipynb #f032bb60
 # The plumbing of `train`, documented in the Reference section at the end of this notebook
@@ -42,8 +45,8 @@ class PhaseCSVLogger(CSVLogger):
         new = not f.exists() or f.stat().st_size == 0
         f.parent.mkdir(parents=True, exist_ok=True)
         self.file = f.open('a')
-        if new: self.file.write(','.join(['phase', *self.recorder.metric_names]) + '\n')
-        self.old_logger,self.learn.logger = self.logger,self._write_line
+        if new: self.file.write(','.join(['phase', *self.recorder.metric_names]) + '\n'); self.file.flush()
+        self.old_logger,self.learn.logger,self._learner = self.logger,self._write_line,self.learn
 
     def _write_line(self, log):
         self.file.write(','.join(map(str, [self.phase, self.done + log[0], *log[1:]])) + '\n')
@@ -55,17 +58,26 @@ class PhaseCSVLogger(CSVLogger):
         self.done += self.epoch + 1 if self.n_epoch else 0
         super().after_fit()
 
+    def close(self):
+        "Close the file and give the learner its logger back, if a fit ended without `after_fit` (an interruption)"
+        if getattr(self, 'file', None) is None or self.file.closed: return
+        self.file.close(); self._learner.logger = self.old_logger
+
 class LossRecorder(Callback):
     "Keep every phase's per-batch training loss and per-epoch validation loss in `learn.loss_history`"
     order = 70
     def __init__(self): self.phase,self.rows,self.done = '',[],0
-    def after_fit(self):
-        if hasattr(self, 'gather_preds') or not self.recorder.losses: return
+    def _fit_rows(self) -> list:
+        "Rows of the current fit so far"
         r = self.recorder
         vl = dict(zip(r.iters, [v[1] if len(v) > 1 else np.nan for v in r.values]))
-        self.rows += [dict(phase=self.phase, step=self.done+i+1, train_loss=float(l), valid_loss=vl.get(i+1, np.nan))
-                      for i,l in enumerate(r.losses)]
-        self.done += len(r.losses)
+        return [dict(phase=self.phase, step=self.done+i+1, train_loss=float(l), valid_loss=float(vl.get(i+1, np.nan)))
+                for i,l in enumerate(r.losses)]
+    def rows_now(self) -> list: return self.rows + self._fit_rows()
+    def after_fit(self):
+        if hasattr(self, 'gather_preds') or not self.recorder.losses: return
+        self.rows += self._fit_rows()
+        self.done += len(self.recorder.losses)
         self.learn.loss_history = pd.DataFrame(self.rows)
 
 def monitor_names(learn:Learner) -> list:
@@ -81,31 +93,163 @@ def _on_cuda(learn):
     dev = getattr(learn.dls, 'device', None) or default_device()
     return torch.device(dev).type == 'cuda'
 
-def _train_cbs(learn, epochs, freeze_epochs, monitor, out, seed, cbs):
-    "Check `train`'s arguments, seed, and return its callbacks and a function setting the phase name"
+def _train_cbs(learn, epochs, freeze_epochs, monitor, out, seed, cbs, resume=False):
+    "Check `train`'s arguments, seed, and return its callbacks and a function setting the phase name and epoch offset"
     if monitor is not None: _check_monitor(learn, monitor)
     if epochs + freeze_epochs < 1: raise UserError(f"epochs={epochs}, freeze_epochs={freeze_epochs}: nothing to train")
+    if resume and out is None: raise UserError("resume=True needs `out`, the folder of the run to resume")
     csv = None if out is None else Path(out)/'history.csv'
-    if csv is not None and csv.exists(): raise UserError(f"{csv}: already exists; choose a new output folder (nothing was overwritten)")
+    if csv is not None and csv.exists() and not resume:
+        raise UserError(f"{csv}: already exists; choose a new output folder (nothing was overwritten)")
     if seed is not None: seed_everything(learn, seed)
     logger,history = (PhaseCSVLogger(csv.absolute()) if csv else None),LossRecorder()
-    best = SaveModelCallback(monitor=monitor, fname='best', reset_on_fit=False) if monitor else None
-    cbs = L(cbs) + [best, history, logger] + ([MixedPrecision(), ChannelsLast()] if _on_cuda(learn) else [])
-    def set_phase(p):
+    best = AtomicSaveModel(monitor=monitor, verbose=learn.logger is not noop) if monitor else None  # quiet in `no_logging`
+    ckpt = Checkpoint(best, history, csv) if out is not None else None
+    cbs = L(cbs) + [best, history, logger, ckpt] + ([MixedPrecision(), ChannelsLast()] if _on_cuda(learn) else [])
+    def set_phase(p, offset):
+        learn.epoch_offset = offset  # epochs of the run before this fit: callbacks number epochs across phases with it
+        for c in (logger, best, ckpt):
+            if c is not None: c.done = offset
         for c in (logger, history):
             if c is not None: c.phase = p
-    return cbs.filter(lambda o: o is not None), set_phase
+    return cbs.filter(lambda o: o is not None), set_phase, ckpt
 
 @contextmanager
-def _run_context(learn):
-    "Checkpoints go to a temporary folder (then `learn.path` is restored); weights end contiguous"
+def _run_context(learn, out=None):
+    "Checkpoints go to `out/models` (else a temporary folder), then `learn.path` is restored; weights end contiguous"
     path,model_dir = learn.path,learn.model_dir
     with tempfile.TemporaryDirectory() as d:
-        learn.path,learn.model_dir = Path(d),'models'
+        learn.path,learn.model_dir = Path(out or d).absolute(),'models'
         try: yield
         finally:
             learn.path,learn.model_dir = path,model_dir
             learn.model.to(memory_format=torch.contiguous_format)  # undo channels_last: safetensors needs contiguous weights
+
+
+# %% ../nbs/03_training.ipynb #5f86d8e6
+# Checkpoints that survive an interruption, documented in the Reference section
+def replace_atomic(fn:str|Path, # the file to write
+                   save, # called with a temporary path beside `fn`, which it must write
+                  ) -> Path:
+    "Write `fn` through `save(tmp)` and a rename: `fn` is then whole (new) or untouched (old), never half-written"
+    fn = Path(fn); tmp = fn.with_name(f'.{fn.name}.partial')
+    try: save(tmp); os.replace(tmp, fn)
+    finally: tmp.unlink(missing_ok=True)
+    return fn
+
+class AtomicSaveModel(SaveModelCallback):
+    "`SaveModelCallback` keeping the best epoch of all fits, written atomically, numbered across the phases of `train`"
+    def __init__(self, monitor='valid_loss', fname='best', verbose=True):
+        super().__init__(monitor=monitor, fname=fname, reset_on_fit=False)
+        self.done,self.best_epoch,self.verbose = 0,None,verbose
+    def _save(self, name):
+        fn = self.learn.path/self.learn.model_dir/f'{name}.pth'
+        fn.parent.mkdir(parents=True, exist_ok=True)
+        self.last_saved_path = replace_atomic(fn, lambda f: save_model(f, self.learn.model, None, with_opt=False))
+    def after_epoch(self):
+        TrackerCallback.after_epoch(self)
+        if not self.new_best: return
+        self.best_epoch = self.done + self.epoch
+        self._save(self.fname)
+        if self.verbose: print(f'Better model found at epoch {self.best_epoch} with {self.monitor} value: {self.best:.4f}.')
+
+def _rng_state(learn) -> dict:
+    "Python's, NumPy's, PyTorch's and the loaders' random states, as tensors and numbers `torch.load` reads safely"
+    kind,key,pos,gauss,cached = np.random.get_state()
+    return dict(python=random.getstate(), numpy=[torch.from_numpy(key.astype(np.int64)), pos, gauss, cached], torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], loaders=[dl.rng.getstate() for dl in learn.dls.loaders])
+
+def _set_rng_state(learn, s:dict):
+    "Restore what `_rng_state` saved"
+    random.setstate(s['python']); torch.set_rng_state(s['torch'])
+    key,pos,gauss,cached = s['numpy']
+    np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos, gauss, cached))
+    if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    for dl,r in zip(learn.dls.loaders, s['loaders']): dl.rng.setstate(r)
+
+class Checkpoint(Callback):
+    "After every epoch, write `models/last.pth` (weights, optimizer, random states, epoch count, best so far, loss history) atomically"
+    order = AtomicSaveModel.order+1  # after the best epoch was saved, and after it was reloaded at the end of a fit
+    def __init__(self, best=None, history=None, csv=None): self.best,self.history,self.csv,self.done = best,history,csv,0
+    @property
+    def fname(self): return self.learn.path/self.learn.model_dir/'last.pth'
+    def after_epoch(self): self.save(self.done + self.epoch + 1)
+    def after_fit(self): self.save(self.done + self.n_epoch)  # what the next phase starts from (the best epoch when monitored)
+    def save(self, epochs_done:int):
+        b = self.best
+        state = dict(model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict()['state'], epochs_done=epochs_done,
+                     best=None if b is None else float(b.best), best_epoch=None if b is None else b.best_epoch,
+                     rng=_rng_state(self.learn), loss_rows=self.history.rows_now() if self.history else [])
+        self.fname.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomic(self.fname, lambda f: torch.save(state, f))
+
+def read_checkpoint(fn:str|Path) -> dict:
+    "The state `Checkpoint` saved in `fn`, read without unpickling code"
+    return torch.load(fn, map_location='cpu', weights_only=True)  # tensors, numbers, strings, lists and dicts only
+
+def _restore(learn, state:dict, best, history, csv):
+    "Put `learn`, the best-epoch tracker, the loss history and `history.csv` back as they were after `state['epochs_done']` epochs"
+    learn.model.load_state_dict(state['model'])
+    if best is not None and state['best'] is not None: best.best,best.best_epoch = state['best'],state['best_epoch']
+    history.rows = list(state['loss_rows']); history.done = history.rows[-1]['step'] if history.rows else 0
+    if csv is not None and csv.exists():  # drop epochs logged after the checkpoint (an interruption between the two)
+        lines = csv.read_text().splitlines(keepends=True)
+        replace_atomic(csv, lambda f: f.write_text(''.join(lines[:1 + state['epochs_done']])))
+    _set_rng_state(learn, state['rng'])
+
+def _resume(learn, ckpt) -> tuple:
+    "(epochs done, optimizer state) after restoring `learn` from the run's last checkpoint; (0, None) when it has none"
+    fn = learn.path/learn.model_dir/'last.pth'
+    state = read_checkpoint(fn) if fn.exists() else dict(epochs_done=0, opt=None, best=None, loss_rows=[], model=None)
+    if state['model'] is not None: _restore(learn, state, ckpt.best, ckpt.history, ckpt.csv)
+    elif ckpt.csv is not None: ckpt.csv.unlink(missing_ok=True)  # no epoch was checkpointed: start the log again
+    learn.loss_history = pd.DataFrame(ckpt.history.rows)
+    return state['epochs_done'], state['opt']
+
+def _after(f, start:float):
+    "The schedule `f` (over positions 0 to 1) from position `start` on, stretched over 0 to 1"
+    return lambda pos: f(start + pos*(1-start))
+
+def fit_one_cycle_from(learn:Learner, n_epoch:int, lr_max, start_epoch:int=0, opt_state=None, div=25., div_final=1e5,
+                       pct_start=0.25, moms=None, cbs=None):
+    "fastai's `fit_one_cycle` over `n_epoch` epochs, of which the first `start_epoch` were done before (then `opt_state` is restored)"
+    if start_epoch == 0: return learn.fit_one_cycle(n_epoch, lr_max, div=div, div_final=div_final, pct_start=pct_start, moms=moms, cbs=cbs)
+    if opt_state is not None: learn.opt.load_state_dict(dict(state=opt_state, hypers=learn.opt.hypers))
+    learn.opt.set_hyper('lr', lr_max)
+    lr_max = np.array([h['lr'] for h in learn.opt.hypers])
+    scheds = {'lr': combined_cos(pct_start, lr_max/div, lr_max, lr_max/div_final),
+              'mom': combined_cos(pct_start, *(learn.moms if moms is None else moms))}  # as in `fit_one_cycle`
+    learn.fit(n_epoch - start_epoch, cbs=ParamScheduler({k: _after(f, start_epoch/n_epoch) for k,f in scheds.items()}) + L(cbs))
+
+@contextmanager
+def _closing_logs(cbs):
+    "Close the CSV logs among `cbs` however training ends (fastai skips `after_fit` on Ctrl-C)"
+    try: yield
+    finally:
+        for c in cbs:
+            if isinstance(c, PhaseCSVLogger): c.close()
+
+RUN_STATES = ('running', 'complete', 'interrupted', 'failed')  # what `state.json` of a run folder can say
+
+def write_run_state(run:str|Path, # a run folder
+                    state:str, # one of `RUN_STATES`
+                    **info, # more to record: epochs done, best epoch, a message
+                   ) -> dict:
+    "Record in `run/state.json`, atomically, whether the run is running, complete, interrupted or failed"
+    if state not in RUN_STATES: raise ValueError(f"state={state!r}: one of {', '.join(RUN_STATES)}")
+    rec = dict(state=state, **info, updated=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+    replace_atomic(Path(run)/'state.json', lambda f: f.write_text(json.dumps(rec, indent=2) + '\n'))
+    return rec
+
+def read_run_state(run:str|Path) -> dict:
+    "What `run/state.json` says; a run folder without one (written before states were recorded) counts as complete"
+    fn = Path(run)/'state.json'
+    if not fn.exists(): return dict(state='complete')
+    try: rec = json.loads(fn.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise UserError(f"{fn}: not valid JSON ({e})") from None
+    if not isinstance(rec, dict) or rec.get('state') not in RUN_STATES: raise UserError(f"{fn}: not a run state (state one of {', '.join(RUN_STATES)})")
+    return rec
+
 
 # %% ../nbs/03_training.ipynb #402c39de
 def train(learn:Learner, # e.g. from `breakhis_learner`
@@ -119,17 +263,19 @@ def train(learn:Learner, # e.g. from `breakhis_learner`
           pct_start:float=0.3, # fraction of the unfrozen phase spent warming up
           div:float=5., # the unfrozen phase starts at its peak rates / `div`
           cbs=None, # more callbacks for both phases
+          resume:bool=False, # go on from the last epoch checkpointed in `out/models/last.pth` (same arguments as before)
          ) -> Learner:
-    "Fine-tune `learn` like fastai's `fine_tune`, logging every epoch of both phases"
-    cbs,set_phase = _train_cbs(learn, epochs, freeze_epochs, monitor, out, seed, cbs)
-    with _run_context(learn):
-        if freeze_epochs > 0:
-            set_phase('frozen'); learn.freeze()
-            learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
-        if epochs > 0:
-            set_phase('unfrozen'); learn.unfreeze()
+    "Fine-tune `learn` like fastai's `fine_tune`, logging every epoch of both phases (and checkpointing them into `out`)"
+    cbs,set_phase,ckpt = _train_cbs(learn, epochs, freeze_epochs, monitor, out, seed, cbs, resume)
+    with _run_context(learn, out), _closing_logs(cbs):
+        done,opt = _resume(learn, ckpt) if resume else (0,None)
+        if freeze_epochs > done:
+            set_phase('frozen', done); learn.freeze()
+            fit_one_cycle_from(learn, freeze_epochs, slice(base_lr), done, opt, pct_start=0.99, cbs=cbs)
+        if epochs > (start := max(0, done - freeze_epochs)):
+            set_phase('unfrozen', freeze_epochs + start); learn.unfreeze()
             lr = base_lr/2
-            learn.fit_one_cycle(epochs, slice(lr/lr_mult, lr), pct_start=pct_start, div=div, cbs=cbs)
+            fit_one_cycle_from(learn, epochs, slice(lr/lr_mult, lr), start, opt, pct_start=pct_start, div=div, cbs=cbs)
     return learn
 
 # %% ../nbs/03_training.ipynb #50ea29a8

@@ -257,3 +257,4 @@ def test_diverging_run_stops_with_one_line(tmp_path, synth_root):
     one_line_error(p, 'training diverged at epoch', '(loss nan', 'lower --lr')
     run, = (tmp_path/'runs').iterdir()
     assert not (run/'model.json').exists()  # nothing that could be taken for a trained model
+    assert json.loads((run/'state.json').read_text())['state'] == 'failed'

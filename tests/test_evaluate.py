@@ -1,5 +1,5 @@
 "Evaluation: metrics equal scikit-learn's, patient aggregation, patient bootstrap, report files; Grad-CAM and `evaluate_run` on a tiny model."
-import json, warnings
+import json, os, warnings
 from pathlib import Path
 
 import matplotlib
@@ -23,8 +23,8 @@ def binary_preds(p_malignant, labels, patients, mags=None, types=None):
     n = len(p)
     df = pd.DataFrame(dict(path=[f'img{i}.png' for i in range(n)], patient_id=patients,
                            magnification=mags or [40]*n, tumor_type=types or ['X']*n, label=labels))
-    df['prediction'] = np.where(p > 0.5, 'malignant', 'benign')
-    df['probability'], df['p_benign'], df['p_malignant'] = p, 1-p, p
+    df['predicted'] = np.where(p > 0.5, 'malignant', 'benign')
+    df['confidence'], df['p_benign'], df['p_malignant'] = np.maximum(p, 1-p), 1-p, p
     return df
 
 def random_binary(n_patients, n_images=5, seed=0, noise=0.3):
@@ -47,8 +47,8 @@ def random_multiclass(n_patients=24, n_images=4, seed=0):
                            patient_id=np.repeat([f'P{i}' for i in range(n_patients)], n_images),
                            magnification=40, tumor_type=truth,
                            label=['benign' if t in ('A', 'F', 'PT', 'TA') else 'malignant' for t in truth]))
-    df['prediction'] = np.array(cs)[probs.argmax(1)]
-    df['probability'] = probs.max(1)
+    df['predicted'] = np.array(cs)[probs.argmax(1)]
+    df['confidence'] = probs.max(1)
     for i, c in enumerate(cs): df[f'p_{c}'] = probs[:, i]
     return df
 
@@ -56,7 +56,7 @@ def random_multiclass(n_patients=24, n_images=4, seed=0):
 
 def test_image_metrics_equal_sklearn_binary():
     preds = random_binary(40, seed=3)
-    y, yhat = preds.label, preds.prediction
+    y, yhat = preds.label, preds.predicted
     m = image_metrics(preds)
     assert m['accuracy'] == pytest.approx(skm.accuracy_score(y, yhat))
     assert m['recognition_rate'] == pytest.approx(skm.accuracy_score(y, yhat))
@@ -72,7 +72,7 @@ def test_image_metrics_equal_sklearn_multiclass():
     preds = random_multiclass()
     assert truth_col(preds) == 'tumor_type' and not is_binary(preds)
     cs = class_names(preds)
-    y, yhat = preds.tumor_type, preds.prediction
+    y, yhat = preds.tumor_type, preds.predicted
     m = image_metrics(preds)
     assert m['accuracy'] == pytest.approx(skm.accuracy_score(y, yhat))
     assert m['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(y, yhat))
@@ -104,7 +104,8 @@ def test_patient_scores_by_hand(table):
     ps = patient_scores(table)
     assert list(ps.index) == ['P1', 'P2', 'P3']
     assert ps.p_malignant.tolist() == pytest.approx([(.9+.8+.3+.6)/4, (.2+.4+.7)/3, (.6+.8)/2])
-    assert ps.prediction.tolist() == ['malignant', 'benign', 'malignant']
+    assert ps.predicted.tolist() == ['malignant', 'benign', 'malignant']
+    assert ps.confidence.tolist() == pytest.approx([(.9+.8+.3+.6)/4, 1 - (.2+.4+.7)/3, (.6+.8)/2])  # P2: its P(benign)
     assert ps.n_images.tolist() == [4, 3, 2]
     assert ps.recognition_rate.tolist() == pytest.approx([3/4, 2/3, 0])
 
@@ -124,7 +125,8 @@ def test_multiclass_patient_argmax_of_mean_probabilities():
     cs = class_names(preds)
     ps = patient_scores(preds)
     p0 = preds[preds.patient_id == 'P0'][[f'p_{c}' for c in cs]].mean()
-    assert ps.loc['P0', 'prediction'] == cs[int(np.argmax(p0.to_numpy()))]
+    assert ps.loc['P0', 'predicted'] == cs[int(np.argmax(p0.to_numpy()))]
+    assert ps.loc['P0', 'confidence'] == pytest.approx(p0.max())
     assert ps.loc['P0', 'tumor_type'] == preds.tumor_type[0]
 
 def test_patient_with_two_labels_is_an_error(table):
@@ -164,7 +166,14 @@ def test_bootstrap_dict_metric_and_seed():
     preds = random_binary(15)
     ci = bootstrap_ci(preds, headline_metrics, n=50, seed=2)
     assert set(ci) == set(headline_metrics(preds))
-    assert ci == bootstrap_ci(preds, headline_metrics, n=50, seed=2)
+    assert ci == bootstrap_ci(preds, headline_metrics, n=50, seed=2)  # reproducible ...
+    assert ci != bootstrap_ci(preds, headline_metrics, n=50, seed=3)  # ... and the seed matters
+    # the interval is the percentile interval of the metric on the resampled tables, here built by hand
+    pats = sorted(preds.patient_id.unique())
+    draws = np.random.default_rng(2).multinomial(len(pats), np.full(len(pats), 1/len(pats)), size=50)
+    accs = [image_metrics(pd.concat([preds[preds.patient_id == p] for p, k in zip(pats, row) for _ in range(k)]), full=False)['accuracy']
+            for row in draws]
+    assert ci['image_accuracy'] == pytest.approx(tuple(np.percentile(accs, [2.5, 97.5])), abs=1e-12)
     with pytest.raises(UserError, match='at least 2 patients'): bootstrap_ci(preds[preds.patient_id == 'P0'], headline_metrics)
 
 def test_weighted_auc_equals_sklearn_on_repeated_items():
@@ -234,6 +243,118 @@ def test_multiclass_report_files(tmp_path):
     assert sorted(o.name for o in out.iterdir()) == sorted(REPORT_FILES)
     assert '8 classes (tumor_type)' in (out/'summary.md').read_text()
 
+# ---------------------------------------------------------------- one meaning of `confidence`
+
+def _meta(n, patients):
+    "The image columns of a predictions table for `n` images of `patients`"
+    return pd.DataFrame(dict(path=[f'img{i}.png' for i in range(n)], patient_id=patients, case_id=[f'C{p}' for p in patients],
+                             magnification=40, tumor_type='A', label='benign'))[list(META_COLS)]
+
+def test_confidence_is_the_probability_of_the_predicted_class():
+    "P(malignant) 0.2: predicted benign with confidence 0.8, in the images table and in the patient table"
+    preds = predictions_table(_meta(3, ['P1', 'P1', 'P2']), [[0.8, 0.2], [0.8, 0.2], [0.3, 0.7]], ['benign', 'malignant'])
+    assert list(preds.columns) == [*META_COLS, 'predicted', 'confidence', 'p_benign', 'p_malignant']
+    assert preds.predicted.tolist() == ['benign', 'benign', 'malignant']
+    assert preds.confidence.tolist() == pytest.approx([0.8, 0.8, 0.7])
+    assert preds.p_malignant.tolist() == pytest.approx([0.2, 0.2, 0.7])  # the malignant score stays in its own column
+    ps = patient_scores(preds)
+    assert ps.predicted.tolist() == ['benign', 'malignant']
+    assert ps.confidence.tolist() == pytest.approx([0.8, 0.7]) and ps.p_malignant.tolist() == pytest.approx([0.2, 0.7])
+    assert not {'prediction', 'probability'} & (set(preds.columns) | set(ps.columns))
+
+def test_roc_reads_p_malignant_not_confidence():
+    "Scores 0.2 (benign) and 0.7 (malignant) rank perfectly; their confidences (0.8 and 0.7) would rank them the wrong way"
+    preds = predictions_table(_meta(2, ['P1', 'P2']), [[0.8, 0.2], [0.3, 0.7]], ['benign', 'malignant']).assign(label=['benign', 'malignant'])
+    assert roc_auc(preds) == 1 and roc_auc(patient_scores(preds)) == 1
+    assert weighted_auc(preds.p_malignant, preds.label == 'malignant', np.ones((1, 2)))[0] == 1
+
+def test_report_csv_columns(tmp_path):
+    preds = random_binary(12)
+    out = write_report(preds, evaluation_report(preds, n_boot=0, progress=False), tmp_path/'r')
+    cols = pd.read_csv(out/'predictions.csv').columns.tolist()
+    assert cols[0] == 'path' and cols[-3:] == ['confidence', 'p_benign', 'p_malignant'] and cols[-4] == 'predicted'
+
+# ---------------------------------------------------------------- a report is written whole or not at all
+
+@pytest.fixture
+def small_report():
+    preds = random_binary(12)
+    return preds, evaluation_report(preds, n_boot=20, progress=False)
+
+def _left(folder): return sorted(p.name for p in folder.iterdir())
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root ignores file permissions')
+def test_report_into_read_only_folder(small_report, tmp_path):
+    ro = tmp_path/'ro'
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(UserError) as e: write_report(*small_report, ro/'evaluation')
+        assert str(ro/'evaluation') in str(e.value) and 'Permission denied' in str(e.value)
+        assert _left(ro) == []
+    finally: ro.chmod(0o755)
+
+def test_report_permission_denied_simulated(small_report, tmp_path, monkeypatch):
+    "The same as a read-only folder, also as root: creating the temporary folder is refused"
+    mkdir = Path.mkdir
+    def refuse(self, *a, **k):
+        if self.parent == tmp_path/'ro': raise PermissionError(13, 'Permission denied', str(self))
+        return mkdir(self, *a, **k)
+    (tmp_path/'ro').mkdir()
+    monkeypatch.setattr(Path, 'mkdir', refuse)
+    with pytest.raises(UserError) as e: write_report(*small_report, tmp_path/'ro'/'evaluation')
+    assert str(e.value) == f"{tmp_path/'ro'/'evaluation'}: cannot write the report: Permission denied; nothing was written"
+    assert _left(tmp_path/'ro') == []
+
+@pytest.mark.parametrize('where', ['metrics.json', 'by_magnification.png', 'rename'])
+@pytest.mark.parametrize('exists', [False, True])
+def test_report_disk_full_midway_leaves_nothing(small_report, tmp_path, monkeypatch, where, exists):
+    "A full disk after some files (or at the final rename): one UserError naming the folder and the cause; no partial folder"
+    out = tmp_path/'runs'/'evaluation'
+    if exists: out.mkdir(parents=True)  # an empty folder given as `out` stays as it was
+    full = OSError(28, 'No space left on device')
+    if where == 'metrics.json':
+        def write_text(self, *a, **k): raise OSError(28, 'No space left on device', str(self))
+        monkeypatch.setattr(Path, 'write_text', write_text)
+    elif where == 'rename':
+        def replace(*a): raise full
+        monkeypatch.setattr(evaluate_mod.os, 'replace', replace)
+    else:
+        save = evaluate_mod._save
+        def _save(fig, fn, note=None):
+            if fn.name == where: plt.close(fig); raise full
+            save(fig, fn, note)
+        monkeypatch.setattr(evaluate_mod, '_save', _save)
+    with pytest.raises(UserError) as e: write_report(*small_report, out)
+    msg = str(e.value)
+    assert msg.startswith(f'{out}: ') and 'No space left on device' in msg and '\n' not in msg, msg
+    if where == 'metrics.json': assert str(out/'metrics.json') in msg and '.partial' not in msg
+    assert _left(tmp_path) == (['runs'] if exists else [])  # the `runs` folder it made is gone too
+    if exists: assert _left(tmp_path/'runs') == ['evaluation'] and _left(out) == []
+
+def test_report_interrupted_leaves_nothing(small_report, tmp_path, monkeypatch):
+    "Ctrl-C while writing: the KeyboardInterrupt goes on, the temporary folder is gone"
+    def interrupt(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate_mod, 'plot_roc', interrupt)
+    with pytest.raises(KeyboardInterrupt): write_report(*small_report, tmp_path/'evaluation')
+    assert _left(tmp_path) == []
+
+def test_report_into_empty_folder_and_extra_files(small_report, tmp_path):
+    "An existing empty folder is filled, keeping the permissions of a new folder; `extra` files join the report"
+    (tmp_path/'plain').mkdir()
+    out = tmp_path/'evaluation'
+    out.mkdir(mode=0o700)
+    skipped = pd.DataFrame(dict(path=['a.png'], error=['not an image']))
+    write_report(*small_report, out, extra={'skipped.csv': skipped})
+    assert _left(out) == sorted([*REPORT_FILES, 'skipped.csv']) and _left(tmp_path) == ['evaluation', 'plain']
+    assert out.stat().st_mode & 0o777 == (tmp_path/'plain').stat().st_mode & 0o777
+    assert pd.read_csv(out/'skipped.csv').equals(skipped)
+    with pytest.raises(UserError, match='not empty'): write_report(*small_report, out)
+    (tmp_path/'file').write_text('x')
+    with pytest.raises(UserError, match='not a folder'): write_report(*small_report, tmp_path/'file')
+    with pytest.raises(UserError, match='Not a directory'): write_report(*small_report, tmp_path/'file'/'evaluation')
+    assert _left(tmp_path) == ['evaluation', 'file', 'plain']
+
 # ---------------------------------------------------------------- with a tiny trained model
 
 @pytest.fixture(scope='module')
@@ -252,7 +373,8 @@ def test_predictions_df(tiny):
     assert len(preds) == df.is_valid.sum()
     assert set(preds.path) == set(df.path[df.is_valid])
     assert preds[['p_benign', 'p_malignant']].sum(axis=1).to_numpy() == pytest.approx(1, abs=1e-5)
-    assert (preds.probability == preds.p_malignant).all()
+    assert (preds.confidence == preds[['p_benign', 'p_malignant']].max(axis=1)).all()
+    assert (preds.predicted == np.where(preds.p_malignant > preds.p_benign, 'malignant', 'benign')).all()
     from_dl = predictions_df(learn, learn.dls.valid)
     assert from_dl.path.tolist() == preds.path.tolist()
     assert from_dl.p_malignant.to_numpy() == pytest.approx(preds.p_malignant.to_numpy(), abs=1e-5)
@@ -349,9 +471,9 @@ def test_evaluate_run_safe_equals_evaluate_with_learner(tiny, tiny_run, tmp_path
     monkeypatch.undo()
     a, b = pd.read_csv(tmp_path/'ref'/'predictions.csv'), pd.read_csv(tmp_path/'safe'/'predictions.csv')
     assert list(a.columns) == list(b.columns) and a.path.tolist() == b.path.tolist()
-    assert a[['patient_id', 'magnification', 'tumor_type', 'label', 'prediction']].equals(
-           b[['patient_id', 'magnification', 'tumor_type', 'label', 'prediction']])
-    np.testing.assert_allclose(b[['probability', 'p_benign', 'p_malignant']], a[['probability', 'p_benign', 'p_malignant']], atol=1e-5)
+    assert a[['patient_id', 'magnification', 'tumor_type', 'label', 'predicted']].equals(
+           b[['patient_id', 'magnification', 'tumor_type', 'label', 'predicted']])
+    np.testing.assert_allclose(b[['confidence', 'p_benign', 'p_malignant']], a[['confidence', 'p_benign', 'p_malignant']], atol=1e-5)
     for k in ('n_images', 'n_patients', 'headline', 'image', 'patient', 'by_magnification', 'by_tumor_type', 'ci', 'ci_by_magnification'):
         assert got[k] == ref[k], k
 
@@ -390,6 +512,6 @@ def test_multiclass_model(synth_root):
     with learn.no_bar(): learn.fit(1, 1e-3)
     preds = predictions_df(learn, df)
     assert truth_col(preds) == 'tumor_type' and len(class_names(preds)) == 8
-    assert (preds.probability == preds[[f'p_{c}' for c in class_names(preds)]].max(axis=1)).all()
+    assert (preds.confidence == preds[[f'p_{c}' for c in class_names(preds)]].max(axis=1)).all()
     rep = evaluation_report(preds, n_boot=10, progress=False)
     assert rep['positive_class'] is None and len(rep['image']['confusion_matrix']) == 8

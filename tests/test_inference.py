@@ -118,7 +118,7 @@ def _broken(run, tmp_path, drop=None, edit=None, write=None):
     (dict(edit=lambda m: m.update(format_version='0.1')), 'model.json', 'incompatible'),
     (dict(edit=lambda m: m.pop('format')), 'model.json', 'not a breakhis-clf model'),
     (dict(edit=lambda m: m.pop('classes')), 'model.json', 'missing fields classes'),
-    (dict(edit=lambda m: m.update(arch='resnet999')), 'model.json', 'unknown architecture'),
+    (dict(edit=lambda m: m.update(arch='resnet999')), 'model.json', "field `arch` is 'resnet999'; expected a known architecture"),
     (dict(edit=lambda m: m.update(arch='resnet34')), 'model.safetensors', 'do not fit resnet34'),
     (dict(edit=lambda m: m.update(n_out=8, classes=list('ABCDEFGH'))), 'model.safetensors', 'wrong shape'),
     (dict(write=('model.json', b'{not json')), 'model.json', 'not valid JSON'),
@@ -149,8 +149,8 @@ def test_predict_matches_fastai_learner(trained, model):
     ref, _ = learn.get_preds(dl=learn.dls.test_dl([str(f) for f in files]))
     assert preds.path.tolist() == [str(f) for f in files] and (preds.error == '').all()
     np.testing.assert_allclose(probs(preds, model), ref.numpy(), atol=1e-5)
-    assert preds.prediction.tolist() == [model.classes[i] for i in ref.argmax(1)] and 'label' not in preds.columns
-    np.testing.assert_allclose(preds.probability, ref.max(1).values.numpy(), atol=1e-5)
+    assert preds.predicted.tolist() == [model.classes[i] for i in ref.argmax(1)] and 'label' not in preds.columns
+    np.testing.assert_allclose(preds.confidence, ref.max(1).values.numpy(), atol=1e-5)
 
 def test_predict_real_breakhis_images(trained, model, sample_root):
     "The 23 real 700x460 BreakHis PNGs, found recursively, match the learner's probabilities"
@@ -195,11 +195,11 @@ def _one(model, path):
 
 def _failed(model, path, problem):
     r = _one(model, path)
-    assert problem in r.error and pd.isna(r.prediction) and np.isnan(r.probability), r.error
+    assert problem in r.error and pd.isna(r.predicted) and np.isnan(r.confidence), r.error
 
 def _valid(model, path):
     r = _one(model, path)
-    assert r.error == '' and r.prediction in model.classes and abs(r[[f'p_{c}' for c in model.classes]].sum() - 1) < 1e-5
+    assert r.error == '' and r.predicted in model.classes and abs(r[[f'p_{c}' for c in model.classes]].sum() - 1) < 1e-5
     return r
 
 def test_missing_path(model, tmp_path): _failed(model, tmp_path/'nope.png', 'no such file or folder')
@@ -291,7 +291,7 @@ def test_effnet_safe_load_gives_the_learners_probabilities(effnet, effnet_model)
     preds = predict(effnet_model, files, bs=3, progress=False)
     with learn.no_bar(): lp, _ = learn.get_preds(dl=learn.dls.test_dl([str(f) for f in files]))
     np.testing.assert_allclose(probs(preds, effnet_model), lp.numpy(), atol=1e-5)
-    assert preds.prediction.tolist() == [effnet_model.classes[i] for i in lp.argmax(1)]
+    assert preds.predicted.tolist() == [effnet_model.classes[i] for i in lp.argmax(1)]
 
 def test_effnet_same_network_on_same_input(effnet, effnet_model):
     "Fed the same tensors, the loaded network and the learner's give identical logits"
@@ -341,7 +341,7 @@ def test_predict_cmd_csv(trained, tmp_path, capsys):
     csv = tmp_path/'preds.csv'
     assert predict_cmd(trained[1], trained[2][:3], csv=csv) == 0
     df = pd.read_csv(csv)
-    assert len(df) == 3 and list(df.columns) == ['path', 'prediction', 'probability', 'p_benign', 'p_malignant', 'error']
+    assert len(df) == 3 and list(df.columns) == ['path', 'predicted', 'confidence', 'p_benign', 'p_malignant', 'error']
     assert str(csv) in capsys.readouterr().out
     before = csv.read_bytes()
     with pytest.raises(UserError, match='refusing to overwrite'): predict_cmd(trained[1], trained[2][:1], csv=csv)
@@ -373,14 +373,14 @@ def cli(*args):
     r = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300)
     return r.returncode, r.stdout, r.stderr
 
-def test_cli_predict_mixed_batch(trained, tmp_path):
+def test_cli_predict_mixed_batch(trained, tmp_path, model):
     files = trained[2][:2]
     (tmp_path/'notes.png').write_text('nope')
     rc, out, err = cli('predict', '--model', trained[1], *files, tmp_path/'notes.png', tmp_path/'missing.png')
     assert rc == 0, err
     rows = [l.split('\t') for l in out.splitlines()]
-    assert [r[0] for r in rows] == [str(f) for f in files] and all(r[1] in ('benign', 'malignant') for r in rows)
-    assert all(0.5 <= float(r[2]) <= 1 for r in rows)
+    ref = predict(model, files, progress=False)  # the columns printed: path, predicted, confidence (4 decimals)
+    assert rows == [[str(f), c, f'{p:.4f}'] for f,c,p in zip(files, ref.predicted, ref.confidence)]
     assert f'{tmp_path/"notes.png"}: not an image' in err and f'{tmp_path/"missing.png"}: no such file' in err
     assert 'Traceback' not in err
 

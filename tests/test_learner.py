@@ -1,5 +1,5 @@
 "Tests for `breakhis_clf.learner`: arch names, offline-safe weights, metrics, the frozen learner."
-import socket, time, warnings
+import socket, threading, time, warnings
 from types import SimpleNamespace
 
 import numpy as np, pytest, torch
@@ -13,6 +13,15 @@ from breakhis_clf.datablock import breakhis_dls
 import breakhis_clf.learner as learner_mod
 from breakhis_clf.learner import *
 
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind():
+    "Every test here ends the threads it starts: one left running outlives its test and fails in a later one"
+    before = set(threading.enumerate())
+    yield
+    left = [t for t in threading.enumerate() if t not in before]
+    for t in left: t.join(1)  # a moment to finish what it was ending
+    assert not [t for t in left if t.is_alive()], f"threads left running: {left}"
 
 @pytest.fixture(scope='module')
 def split_df(tmp_path_factory):
@@ -60,11 +69,15 @@ def test_learner_offline_error(offline, dls):
 
 def test_hanging_network_does_not_hang(offline, monkeypatch):
     "A name lookup or connection that never answers must not block longer than `timeout`"
-    def _hang(*a, **k): time.sleep(30); raise OSError('timed out (test)')  # the thread ends quietly, later
+    done = threading.Event()
+    def _hang(*a, **k):  # no answer until the test is over; then it fails like a real timeout, ending `can_reach`'s thread
+        done.wait(30); raise OSError('timed out (test)')
     monkeypatch.setattr(socket, 'create_connection', _hang)
     start = time.time()
-    with pytest.raises(WeightsUnavailableError, match='unreachable'): resolve_weights('resnet18', timeout=0.5)
-    assert time.time() - start < 3
+    try:
+        with pytest.raises(WeightsUnavailableError, match='unreachable'): resolve_weights('resnet18', timeout=0.5)
+        assert time.time() - start < 3
+    finally: done.set()
 
 def test_cached_weights_are_used_without_network(offline):
     offline.mkdir(parents=True)

@@ -89,14 +89,15 @@ def _preds(p_malignant:dict) -> pd.DataFrame:
 def test_patient_scores_are_mean_probabilities_not_votes():
     "Mean P(malignant) and a majority vote of the images disagree on both patients: the mean decides"
     preds = _preds({'99-10001A': ('malignant', [0.95, 0.45, 0.45]), '99-10002B': ('benign', [0.55, 0.55, 0.05])})
-    assert list(preds.prediction) == ['malignant', 'benign', 'benign', 'malignant', 'malignant', 'benign']
+    assert list(preds.predicted) == ['malignant', 'benign', 'benign', 'malignant', 'malignant', 'benign']
     ps = patient_scores(preds)
     m, b = ps.loc['99-10001A'], ps.loc['99-10002B']
-    assert (m.prediction, b.prediction) == ('malignant', 'benign')
+    assert (m.predicted, b.predicted) == ('malignant', 'benign')
     assert m.p_malignant == pytest.approx(1.85/3, abs=1e-4) and m.p_benign == pytest.approx(1.15/3, abs=1e-4)
     assert b.p_malignant == pytest.approx(1.15/3, abs=1e-4) and b.p_benign == pytest.approx(1.85/3, abs=1e-4)
-    # `probability` is the patient's P(malignant) (0.6167 and 0.3833), never P(benign) nor the top class's probability
-    assert m.probability == pytest.approx(0.6167, abs=1e-4) and b.probability == pytest.approx(0.3833, abs=1e-4)
+    # `confidence` is the mean probability of the predicted class: P(malignant) for the malignant call, P(benign) for the
+    # benign one (both 0.6167); never always P(malignant) (0.3833 for the benign patient), nor the mean of the images' confidences (0.6833)
+    assert m.confidence == pytest.approx(0.6167, abs=1e-4) and b.confidence == pytest.approx(0.6167, abs=1e-4)
     assert (m.n_images, b.n_images) == (3, 3)
     assert (m.recognition_rate, b.recognition_rate) == pytest.approx((1/3, 1/3))  # Spanhol's rate: one image in three right
 

@@ -95,7 +95,8 @@ def test_eight_class_patient_scores_are_per_case():
     probs = np.eye(3)[[classes.index(t) for t in df.tumor_type]]
     preds = predictions_table(df, probs, classes)
     ps = patient_scores(preds)
-    assert list(ps.index) == sorted(df.case_id.unique()) and (ps.prediction == ps.tumor_type).all()
+    assert list(ps.index) == sorted(df.case_id.unique()) and (ps.predicted == ps.tumor_type).all()
+    assert (ps.confidence == 1).all()  # a perfect classifier: the predicted type's mean probability is 1
     assert ps.loc[f'SOB_M_LC_{TWO}', 'patient_id'] == TWO
     rep = evaluation_report(preds, n_boot=50, progress=False)
     assert (rep['n_patients'], rep['n_cases'], rep['score_unit']) == (3, 4, 'case_id')
