@@ -213,9 +213,10 @@ def _progress(run:Path) -> dict:
 
 def _keep_interrupted(learn, run, config, df, status, log) -> RunInterrupted:
     "Save the best epoch so far in the loadable form, mark the run interrupted and say how to resume"
-    from breakhis_clf.train import write_run_state
+    from breakhis_clf.train import write_run_state, read_checkpoint
     from breakhis_clf.inference import save_model, MODEL_FILES
-    planned,prog = config['freeze_epochs'] + config['epochs'],_progress(run)
+    planned,prog,ckpt = config['freeze_epochs'] + config['epochs'],_progress(run),run/'models'/'last.pth'
+    prog['epochs_done'] = read_checkpoint(ckpt)['epochs_done'] if ckpt.exists() else 0  # what `--resume` goes on from
     how = f"resume with: breakhis-clf train --resume {run}"
     with _no_interrupts():
         if learn is not None and (run/'models'/'best.pth').exists():

@@ -185,7 +185,7 @@ class Checkpoint(Callback):
 
 def read_checkpoint(fn:str|Path) -> dict:
     "The state `Checkpoint` saved in `fn`, read without unpickling code"
-    return torch.load(fn, map_location='cpu', weights_only=True)  # tensors, numbers, strings, lists and dicts only
+    return torch.load(fn, map_location='cpu', weights_only=True, mmap=True)  # tensors, numbers, strings, lists, dicts only
 
 def _restore(learn, state:dict, best, history, csv):
     "Put `learn`, the best-epoch tracker, the loss history and `history.csv` back as they were after `state['epochs_done']` epochs"

@@ -3,6 +3,7 @@ import json, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
 from test_cli import EXE, cli, one_line_error
+from breakhis_clf.train import read_checkpoint
 
 PRE = ['--arch', 'efficientnet_lite0', '--magnification', '40', '--size', '48', '--bs', '4', '--freeze-epochs', '1', '--epochs', '4', '--num-workers', '0']
 
@@ -13,8 +14,8 @@ def interrupt(args, out:Path, sig=signal.SIGINT, after_epochs=2, timeout=300):
                          stderr=subprocess.PIPE, text=True, env={**__import__('os').environ, 'OMP_NUM_THREADS': '2'})
     t0 = time.time()
     while time.time() - t0 < timeout:
-        hs = list(out.glob('*/history.csv'))
-        if after_epochs == 0 and list(out.glob('*/config.json')) or hs and len(hs[0].read_text().splitlines()) > after_epochs: break
+        ck = list(out.glob('*/models/last.pth'))  # replaced whole after every epoch: safe to read while training
+        if after_epochs == 0 and list(out.glob('*/config.json')) or ck and read_checkpoint(ck[0])['epochs_done'] >= after_epochs: break
         if p.poll() is not None: pytest.fail(f"training ended before the signal: {p.stderr[-2000:] if p.stderr else ''}")
         time.sleep(0.02)
     p.send_signal(sig)
