@@ -120,6 +120,53 @@ def headline(report:dict) -> str:
     "The headline numbers of an evaluation report (from `evaluate`) as one line"
     return ', '.join(f"{k.replace('_', ' ')} {v:.3f}" for k,v in report['headline'].items() if isinstance(v, float) and v == v)
 
+# %% ../nbs/07_cli.ipynb #61f8474e
+def _quiet(*args, **kwargs): "A `log` that says nothing (processes other than the main one)"
+
+def _nproc() -> int:
+    "How many processes train together (0 or 1: not distributed)"
+    from fastai.torch_core import num_distrib
+    return num_distrib()
+
+def _is_main() -> bool:
+    "Is this the main process (rank 0), the one that writes the run folder?"
+    from fastai.torch_core import rank_distrib
+    return rank_distrib() == 0
+
+def _start_distrib() -> bool:
+    "In a distributed run, join the process group (gloo on the CPU, nccl on GPUs); return whether this is the main process"
+    if _nproc() > 1:
+        import torch
+        from accelerate import PartialState
+        PartialState(cpu=not torch.cuda.is_available())
+    return _is_main()
+
+def _main_first(f):
+    "`f()` in the main process first, then in the others (all of them, when not distributed)"
+    import torch.distributed as dist
+    if _nproc() < 2: return f()
+    if _is_main(): res = f()
+    dist.barrier()
+    if not _is_main(): res = f()
+    dist.barrier()
+    return res
+
+def _from_main(f):
+    "`f()` run by the main process alone, its result sent to every process"
+    import torch.distributed as dist
+    if _nproc() < 2: return f()
+    obj = [f() if _is_main() else None]
+    dist.broadcast_object_list(obj, src=0)
+    return obj[0]
+
+def _train_distrib(learn, config, run, stop, resume):
+    "`train` inside fastai's `distrib_ctx`: each process trains on its shard of every batch, gradients are averaged"
+    from breakhis_clf.train import train, distrib_kwargs
+    with learn.distrib_ctx(**distrib_kwargs()):
+        train(learn, epochs=config['epochs'], freeze_epochs=config['freeze_epochs'], base_lr=config['lr'],
+              lr_mult=100 if config['pretrained'] else 1, monitor='valid_loss', out=run, seed=config['seed'], cbs=stop, resume=resume)
+    return learn
+
 # %% ../nbs/07_cli.ipynb #c235c561
 def _check_args(arch, target, magnification):
     "Refuse an unknown architecture, target or magnification before anything is read or written"
@@ -240,7 +287,7 @@ def _finish(learn, run, df, config, report, log):
     save_model(learn, run, target=config['target'], trained_on=about)
     with learn.no_bar(): vals = learn.validate()
     metrics = dict(zip(['valid_loss', *[m.name for m in learn.metrics]], [float(v) for v in vals]))
-    _write_json(run/'metrics.json', dict(image_level=metrics, subset='valid', synthetic=about['synthetic']))
+    _write_json(run/'metrics.json', dict(image_level=metrics, subset='valid', n_images=len(learn.dls.valid_ds), synthetic=about['synthetic']))
     log('Validation (it chose the kept epoch): ' + ', '.join(f"{k} {v:.4f}" for k,v in metrics.items()))
     if report:
         sub = 'test' if (df['subset'] == 'test').any() else 'valid'
@@ -259,8 +306,9 @@ def _fit_run(run:Path, config:dict, df, num_workers, report:bool, log, resume:bo
     from breakhis_clf.datablock import breakhis_dls
     from breakhis_clf.learner import breakhis_learner
     from breakhis_clf.train import train, write_run_state
-    planned,learn,stop = config['freeze_epochs'] + config['epochs'],None,_stop_on_divergence()
-    write_run_state(run, 'running', epochs_planned=planned, pid=os.getpid(), host=platform.node())
+    from breakhis_clf.train import distrib_kwargs
+    planned,learn,stop,main_ = config['freeze_epochs'] + config['epochs'],None,_stop_on_divergence(),_is_main()
+    if main_: write_run_state(run, 'running', epochs_planned=planned, pid=os.getpid(), host=platform.node())
     try:
         with _interruptible():
             try:
@@ -268,16 +316,19 @@ def _fit_run(run:Path, config:dict, df, num_workers, report:bool, log, resume:bo
                 learn = breakhis_learner(dls, config['arch'], pretrained=config['pretrained'], weights=config['weights'], seed=config['seed'], path=run)
                 train(learn, epochs=config['epochs'], freeze_epochs=config['freeze_epochs'], base_lr=config['lr'],
                       lr_mult=100 if config['pretrained'] else 1, monitor='valid_loss', out=run, seed=config['seed'],
-                      cbs=stop, resume=resume)  # from scratch: one learning rate for all layers
+                      cbs=stop, resume=resume) if _nproc() < 2 else _train_distrib(learn, config, run, stop, resume)
+                if not main_: return run  # the main process alone saves and evaluates, on the whole validation and test sets
                 _finish(learn, run, df, config, report, log)
             except KeyboardInterrupt as e:
+                if not main_: raise RunInterrupted('interrupted', 128 + (signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT)) from None
                 raise _keep_interrupted(learn, run, config, df, 128 + (signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT), log) from None
     except RunInterrupted: raise
     except BaseException as e:
         msg = stop.msg or str(e) or type(e).__name__  # a non-finite loss: one line, whatever else failed after it
-        write_run_state(run, 'failed', **_progress(run), epochs_planned=planned, message=msg)
+        if main_: write_run_state(run, 'failed', **_progress(run), epochs_planned=planned, message=msg)
         if stop.msg: raise UserError(stop.msg) from None
         raise
+    if not main_: return run
     (run/'models'/'last.pth').unlink(missing_ok=True)  # only resuming needs it (the optimizer state makes it big)
     write_run_state(run, 'complete', epochs_planned=planned, **_progress(run))
     return run
@@ -309,9 +360,10 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
     import torch, fastai
     from breakhis_clf.data import breakhis_df
     from breakhis_clf.learner import load_pretrained
+    if not _start_distrib(): log = _quiet  # in a distributed run every process computes the same split; the main one speaks and writes
     _check_args(arch, target, magnification)
     _check_settings(valid_pct, test_pct, size=size, bs=bs, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr)
-    data,synthetic = find_data(data, log=log)
+    data,synthetic = _main_first(lambda: find_data(data, log=log))  # the main process writes a synthetic set, if needed
     df = _readable(breakhis_df(data, magnifications=magnification), log)
     df = make_split(df, split, data, fold, valid_pct, seed, target, test_pct, log)
     arch,wfile = pick_model(arch, pretrained, weights, synthetic, log)  # before the run folder: a weights error leaves nothing
@@ -321,19 +373,21 @@ def train_run(data=None, # BreakHis folder; None: the default location, else a s
     if wfile is not None and weights is not None: load_pretrained(arch, wfile)  # an unreadable or wrong weights file fails here
     if synthetic and None in given.values():
         log(f"Synthetic demo settings: {arch}, {', '.join(f'{k} {v}' for k,v in hp.items())} (pass --size, --bs, --epochs ... to choose).")
-    run = new_run_dir(out, arch, target)
+    run = _from_main(lambda: new_run_dir(out, arch, target))
     log(f"Run folder: {run}")
     n = df.groupby('subset').agg(images=('path', 'size'), patients=('patient_id', 'nunique'))
     log(f"{len(df)} images of {df.patient_id.nunique()} patients from {data}: "
         + ', '.join(f"{s} {n.images[s]} images of {n.patients[s]} patients" for s in ('train', 'valid', 'test') if s in n.index)
         + " (no patient in two of them)")
+    nproc = max(_nproc(), 1)
+    log(f"Batch size {hp['bs']} per process x {nproc} process(es) = effective batch size {hp['bs']*nproc}")
     from breakhis_clf.train import replace_atomic
-    replace_atomic(run/'split.csv', lambda f: df[SPLIT_COLS].to_csv(f, index=False))
+    if _is_main(): replace_atomic(run/'split.csv', lambda f: df[SPLIT_COLS].to_csv(f, index=False))
     config = dict(data=str(data), synthetic=synthetic, arch=arch, pretrained=pretrained, weights=str(wfile) if wfile else None,
-                  **hp, magnification=magnification, target=target, split=split, fold=fold, valid_pct=valid_pct, test_pct=test_pct, seed=seed,
+                  **hp, magnification=magnification, target=target, split=split, fold=fold, valid_pct=valid_pct, test_pct=test_pct, seed=seed, nproc=nproc, effective_bs=hp['bs']*nproc,
                   versions=dict(breakhis_clf=__version__, fastai=fastai.__version__, torch=torch.__version__,
                                 python=platform.python_version()))
-    _write_json(run/'config.json', config)
+    if _is_main(): _write_json(run/'config.json', config)
     return _fit_run(run, config, df, num_workers, evaluate, log)
 
 
@@ -362,6 +416,7 @@ def resume_run(run, # a run folder whose training was interrupted (or failed)
     from breakhis_clf.data import UserError
     from breakhis_clf.train import read_run_state
     from breakhis_clf.inference import read_split
+    if not _start_distrib(): log = _quiet
     run = Path(run).expanduser()
     if not (run/'config.json').exists(): raise UserError(f"{run}: not a run folder (it has no config.json)")
     st = read_run_state(run)
@@ -373,6 +428,7 @@ def resume_run(run, # a run folder whose training was interrupted (or failed)
         raise UserError(f"{len(gone)} image(s) of {run/'split.csv'} are missing, e.g. {gone[0]}: the run can only resume on its own data")
     log(f"Resuming {run} ({st['state']} after {st.get('epochs_done', 0)} of {config['freeze_epochs'] + config['epochs']} epochs) "
         "with its own settings and split.")
+    _main_first(lambda: None)  # a barrier: every process has read the state before the main one writes 'running'
     return _fit_run(run, config, df, num_workers, evaluate, log, resume=True)
 
 def _alive(pid) -> bool:
@@ -411,11 +467,25 @@ def _train_args(p):
     a('--out', default='runs', help='parent folder of run folders (default: runs)')
     a('--num-workers', type=int, default=None, help='data-loading processes (default: fastai\'s)')
     a('--no-evaluate', dest='evaluate', action='store_false', help='skip the evaluation report at the end')
+    a('--nproc', type=int, default=1, help='train in N processes with accelerate: one per GPU, or N CPU processes (gloo) '
+      'when there is no GPU; --bs is then the batch size per process (default: 1)')
     a('--resume', metavar='RUN', help='go on training an interrupted run folder from its last finished epoch, with its own '
       'settings and split (give no other setting)')
 
+def _launch(nproc:int, argv:list) -> int:
+    "Run `breakhis-clf *argv` in `nproc` processes through `accelerate launch` (torchrun underneath) and return its exit status"
+    import subprocess, torch
+    from breakhis_clf.data import UserError
+    if (gpus := torch.cuda.device_count()) and nproc > gpus: raise UserError(f"--nproc {nproc}: this machine has {gpus} GPU(s)")
+    env = dict(os.environ) if gpus else dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1)//nproc))))
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(nproc), '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', '-m', 'breakhis_clf.cli', *argv]  # --multi_gpu: torchrun, on the CPU too
+    return subprocess.run(cmd, env=env).returncode
+
 def _train_cmd(args):
     from breakhis_clf.data import UserError
+    if args.nproc < 1: raise UserError(f"--nproc {args.nproc}: must be at least 1")
+    if args.nproc > 1 and _nproc() < 2: return _launch(args.nproc, args.argv)  # the launched processes see WORLD_SIZE and train
     if args.pretrained is False and args.weights: raise UserError("--weights and --no-pretrained contradict each other")
     kw = {k: getattr(args, k) for k in ['data','arch','size','bs','epochs','freeze_epochs','lr','magnification','target',
           'split','fold','valid_pct','test_pct','seed','pretrained','weights','out','num_workers','evaluate']}
@@ -425,7 +495,7 @@ def _train_cmd(args):
             raise UserError(f"--resume takes the run's own settings; do not give --{given[0].replace('_', '-')}")
         run = resume_run(args.resume, num_workers=args.num_workers, evaluate=args.evaluate)
     else: run = train_run(**kw)
-    print(f"Done: {run}")
+    if _is_main(): print(f"Done: {run}")
     return 0
 
 def _evaluate_cmd(args):
@@ -472,6 +542,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> int:
     "Entry point of the `breakhis-clf` command"
     args = build_parser().parse_args(argv)  # `--help` and usage errors end here, before torch is loaded
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` launches again
     from breakhis_clf.data import UserError
     show,warnings.showwarning = warnings.showwarning,_show_warning
     try:
@@ -488,3 +559,6 @@ def main(argv=None) -> int:
         return 130
     finally: warnings.showwarning = show
 
+
+# %% ../nbs/07_cli.ipynb #d41d5e41
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())  # `python -m breakhis_clf.cli` and `accelerate launch -m breakhis_clf.cli`

@@ -23,8 +23,8 @@ from .learner import breakhis_learner
 # %% auto #0
 __all__ = ['RUN_STATES', 'seed_everything', 'PhaseCSVLogger', 'LossRecorder', 'monitor_names', 'replace_atomic',
            'AtomicSaveModel', 'Checkpoint', 'read_checkpoint', 'fit_one_cycle_from', 'write_run_state',
-           'read_run_state', 'train', 'plot_loss_history', 'save_loss_plot', 'few_per_class', 'PhaseScores',
-           'data_efficiency', 'plot_data_efficiency']
+           'read_run_state', 'distrib_kwargs', 'train', 'plot_loss_history', 'save_loss_plot', 'few_per_class',
+           'PhaseScores', 'data_efficiency', 'plot_data_efficiency']
 
 # %% ../nbs/03_training.ipynb #f032bb60
 # The plumbing of `train`, documented in the Reference section at the end of this notebook
@@ -40,7 +40,7 @@ class PhaseCSVLogger(CSVLogger):
         self.phase,self.done = '',0
 
     def before_fit(self):
-        if hasattr(self, 'gather_preds'): return
+        if hasattr(self, 'gather_preds') or rank_distrib(): return  # only the main process writes
         f = self.path/self.fname
         new = not f.exists() or f.stat().st_size == 0
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ class PhaseCSVLogger(CSVLogger):
     def after_fit(self):
         if hasattr(self, 'gather_preds'): return
         self.done += self.epoch + 1 if self.n_epoch else 0
-        super().after_fit()
+        if not rank_distrib(): super().after_fit()
 
     def close(self):
         "Close the file and give the learner its logger back, if a fit ended without `after_fit` (an interruption)"
@@ -99,7 +99,7 @@ def _train_cbs(learn, epochs, freeze_epochs, monitor, out, seed, cbs, resume=Fal
     if epochs + freeze_epochs < 1: raise UserError(f"epochs={epochs}, freeze_epochs={freeze_epochs}: nothing to train")
     if resume and out is None: raise UserError("resume=True needs `out`, the folder of the run to resume")
     csv = None if out is None else Path(out)/'history.csv'
-    if csv is not None and csv.exists() and not resume:
+    if csv is not None and csv.exists() and not resume and not rank_distrib():  # the main process may have begun it
         raise UserError(f"{csv}: already exists; choose a new output folder (nothing was overwritten)")
     if seed is not None: seed_everything(learn, seed)
     logger,history = (PhaseCSVLogger(csv.absolute()) if csv else None),LossRecorder()
@@ -143,6 +143,7 @@ class AtomicSaveModel(SaveModelCallback):
         super().__init__(monitor=monitor, fname=fname, reset_on_fit=False)
         self.done,self.best_epoch,self.verbose = 0,None,verbose
     def _save(self, name):
+        if rank_distrib(): return  # in a distributed run the main process writes, the others read it in `learn.load`
         fn = self.learn.path/self.learn.model_dir/f'{name}.pth'
         fn.parent.mkdir(parents=True, exist_ok=True)
         self.last_saved_path = replace_atomic(fn, lambda f: save_model(f, self.learn.model, None, with_opt=False))
@@ -176,8 +177,10 @@ class Checkpoint(Callback):
     def after_epoch(self): self.save(self.done + self.epoch + 1)
     def after_fit(self): self.save(self.done + self.n_epoch)  # what the next phase starts from (the best epoch when monitored)
     def save(self, epochs_done:int):
+        if rank_distrib(): return  # the main process writes it
         b = self.best
-        state = dict(model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict()['state'], epochs_done=epochs_done,
+        # `get_model`: the model without the DDP wrapper of a distributed fit
+        state = dict(model=get_model(self.learn.model).state_dict(), opt=self.learn.opt.state_dict()['state'], epochs_done=epochs_done,
                      best=None if b is None else float(b.best), best_epoch=None if b is None else b.best_epoch,
                      rng=_rng_state(self.learn), loss_rows=self.history.rows_now() if self.history else [])
         self.fname.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +195,7 @@ def _restore(learn, state:dict, best, history, csv):
     learn.model.load_state_dict(state['model'])
     if best is not None and state['best'] is not None: best.best,best.best_epoch = state['best'],state['best_epoch']
     history.rows = list(state['loss_rows']); history.done = history.rows[-1]['step'] if history.rows else 0
-    if csv is not None and csv.exists():  # drop epochs logged after the checkpoint (an interruption between the two)
+    if csv is not None and csv.exists() and not rank_distrib():  # drop epochs logged after the checkpoint (an interruption between the two)
         lines = csv.read_text().splitlines(keepends=True)
         replace_atomic(csv, lambda f: f.write_text(''.join(lines[:1 + state['epochs_done']])))
     _set_rng_state(learn, state['rng'])
@@ -250,6 +253,25 @@ def read_run_state(run:str|Path) -> dict:
     if not isinstance(rec, dict) or rec.get('state') not in RUN_STATES: raise UserError(f"{fn}: not a run state (state one of {', '.join(RUN_STATES)})")
     return rec
 
+
+# %% ../nbs/03_training.ipynb #29c53139
+# Training in several processes with fastai's `distrib_ctx`, documented in the Reference section
+from fastai.distributed import DistributedDL
+
+def _broadcast_any(self, t, rank):
+    "Send the list of ints `t` from process `rank` to every process: on the GPU under nccl, on the CPU under gloo"
+    # fastai 2.8.12's `DistributedDL._broadcast` (fastai/distributed.py) always does `LongTensor(t).cuda()`, which fails
+    # in CPU processes (gloo); nccl only broadcasts CUDA tensors, gloo broadcasts CPU tensors
+    t = LongTensor(t)
+    if torch.distributed.get_backend() == 'nccl': t = t.cuda()
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+DistributedDL._broadcast = _broadcast_any
+
+def distrib_kwargs() -> dict:
+    "Arguments for `learn.distrib_ctx`: the CPU (gloo) when there is no GPU; no SyncBatchNorm (fastai's `freeze` does not know it)"
+    return dict(sync_bn=False, cpu=not torch.cuda.is_available())
 
 # %% ../nbs/03_training.ipynb #402c39de
 def train(learn:Learner, # e.g. from `breakhis_learner`
