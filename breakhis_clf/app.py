@@ -8,7 +8,7 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/app.html.md"""
 __all__ = ['SAMPLE_ENV', 'SPACE_APP', 'example_images', 'classify', 'cam_overlay', 'caveat', 'build_app', 'launch_app', 'app_cmd',
            'export_space']
 
-# %% ../nbs/08_app.ipynb #1aa8fc2b
+# %% ../nbs/08_app.ipynb #d70d0168
 import os
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # set before gradio is imported: no usage statistics are sent
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
@@ -24,7 +24,7 @@ from .data import UserError, BadImageError, load_rgb, synthetic_tile, TUMOR_TYPE
 from .inference import BreakHisModel, load_model, class_probs, model_summary, image_files
 from .interpret import cam_layer
 
-# %% ../nbs/08_app.ipynb #a68de080
+# %% ../nbs/08_app.ipynb #c4cba79f
 SAMPLE_ENV = 'BREAKHIS_SAMPLE'  # environment variable naming a folder of example images
 
 def example_images(dest, # folder for synthetic tiles when no sample images are found
@@ -40,7 +40,7 @@ def example_images(dest, # folder for synthetic tiles when no sample images are 
         synthetic_tile(code, size=(350, 230), rng=rng).save(f := dest/f'synthetic_{TUMOR_TYPES[code]}.png'); files.append(str(f))
     return files
 
-# %% ../nbs/08_app.ipynb #a70e1b59
+# %% ../nbs/08_app.ipynb #8e84a725
 def _image(path) -> Image.Image:
     "The uploaded file as RGB, read exactly as `predict` reads it; a `gr.Error` saying what is wrong otherwise"
     if path is None: raise gr.Error('Upload an image first.')
@@ -54,7 +54,7 @@ def classify(model:BreakHisModel, # from `load_model`
     probs = class_probs(model, model.item(_image(path))[None])[0]
     return {c: float(p) for c,p in zip(model.classes, probs)}
 
-# %% ../nbs/08_app.ipynb #db95ae32
+# %% ../nbs/08_app.ipynb #cb938d44
 def cam_overlay(model:BreakHisModel, # from `load_model`
                 path, # an image file
                 alpha:float=0.5, # weight of the heatmap in the overlay
@@ -68,13 +68,13 @@ def cam_overlay(model:BreakHisModel, # from `load_model`
     pic = xb[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)/255
     return show_cam_on_image(pic, heat, use_rgb=True, image_weight=1-alpha)
 
-# %% ../nbs/08_app.ipynb #c72c78c8
+# %% ../nbs/08_app.ipynb #3941fe13
 def caveat(model:BreakHisModel) -> str:
     "The warning shown above the app: what the model is, and that it is not a medical device"
     return ("**A teaching model, not a diagnostic device.** Do not use it for any decision about a patient. "
             f"It is {model_summary(model)}.")
 
-# %% ../nbs/08_app.ipynb #e02f15e3
+# %% ../nbs/08_app.ipynb #0bb27859
 def _file_input(label):
     "An image upload whose handler gets the uploaded file untouched (Gradio would open it with PIL first and fail with its own message)"
     img = gr.Image(type='filepath', image_mode=None, sources=['upload', 'clipboard'], label=label)
@@ -102,7 +102,7 @@ def build_app(model_dir, # run folder holding `model.safetensors` and `model.jso
             lambda p: cam_overlay(model, p), img, cam, api_name='gradcam')
     return demo
 
-# %% ../nbs/08_app.ipynb #de4b9997
+# %% ../nbs/08_app.ipynb #6573a072
 def launch_app(model_dir, # run folder holding the saved model
                host:str='127.0.0.1', # address to listen on ('0.0.0.0': every interface)
                port:int=7860, # port to listen on
@@ -118,7 +118,7 @@ def app_cmd(args:argparse.Namespace) -> int:
     launch_app(args.model, host=args.host, port=args.port, share=args.share)
     return 0
 
-# %% ../nbs/08_app.ipynb #378bcf0a
+# %% ../nbs/08_app.ipynb #fe71ffd1
 SPACE_APP = '''"A Hugging Face Space serving the model in this folder with the breakhis-clf course's Gradio app"
 import os
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
