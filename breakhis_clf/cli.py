@@ -159,6 +159,15 @@ def _from_main(f):
     dist.broadcast_object_list(obj, src=0)
     return obj[0]
 
+@contextmanager
+def _alone():
+    "Within this block fastai sees one process: the main process saves and evaluates by itself, gathering nothing from the others"
+    old = os.environ.get('WORLD_SIZE')
+    if old is not None: os.environ['WORLD_SIZE'] = '1'  # fastai's `num_distrib` reads it
+    try: yield
+    finally:
+        if old is not None: os.environ['WORLD_SIZE'] = old
+
 def _train_distrib(learn, config, run, stop, resume):
     "`train` inside fastai's `distrib_ctx`: each process trains on its shard of every batch, gradients are averaged"
     from breakhis_clf.train import train, distrib_kwargs
@@ -318,10 +327,10 @@ def _fit_run(run:Path, config:dict, df, num_workers, report:bool, log, resume:bo
                       lr_mult=100 if config['pretrained'] else 1, monitor='valid_loss', out=run, seed=config['seed'],
                       cbs=stop, resume=resume) if _nproc() < 2 else _train_distrib(learn, config, run, stop, resume)
                 if not main_: return run  # the main process alone saves and evaluates, on the whole validation and test sets
-                _finish(learn, run, df, config, report, log)
+                with _alone(): _finish(learn, run, df, config, report, log)
             except KeyboardInterrupt as e:
                 if not main_: raise RunInterrupted('interrupted', 128 + (signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT)) from None
-                raise _keep_interrupted(learn, run, config, df, 128 + (signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT), log) from None
+                with _alone(): raise _keep_interrupted(learn, run, config, df, 128 + (signal.SIGTERM if str(e) == 'SIGTERM' else signal.SIGINT), log) from None
     except RunInterrupted: raise
     except BaseException as e:
         msg = stop.msg or str(e) or type(e).__name__  # a non-finite loss: one line, whatever else failed after it

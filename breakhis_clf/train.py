@@ -154,11 +154,13 @@ class AtomicSaveModel(SaveModelCallback):
         self._save(self.fname)
         if self.verbose: print(f'Better model found at epoch {self.best_epoch} with {self.monitor} value: {self.best:.4f}.')
 
+def _plain(dl): "`dl` itself, or the loader a `DistributedDL` wraps (during a distributed fit)"; return getattr(dl, 'dl', dl)
+
 def _rng_state(learn) -> dict:
     "Python's, NumPy's, PyTorch's and the loaders' random states, as tensors and numbers `torch.load` reads safely"
     kind,key,pos,gauss,cached = np.random.get_state()
     return dict(python=random.getstate(), numpy=[torch.from_numpy(key.astype(np.int64)), pos, gauss, cached], torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], loaders=[dl.rng.getstate() for dl in learn.dls.loaders])
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], loaders=[_plain(dl).rng.getstate() for dl in learn.dls.loaders])
 
 def _set_rng_state(learn, s:dict):
     "Restore what `_rng_state` saved"
@@ -166,7 +168,7 @@ def _set_rng_state(learn, s:dict):
     key,pos,gauss,cached = s['numpy']
     np.random.set_state(('MT19937', key.numpy().astype(np.uint32), pos, gauss, cached))
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-    for dl,r in zip(learn.dls.loaders, s['loaders']): dl.rng.setstate(r)
+    for dl,r in zip(learn.dls.loaders, s['loaders']): _plain(dl).rng.setstate(r)
 
 class Checkpoint(Callback):
     "After every epoch, write `models/last.pth` (weights, optimizer, random states, epoch count, best so far, loss history) atomically"
