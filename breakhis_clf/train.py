@@ -152,7 +152,7 @@ class AtomicSaveModel(SaveModelCallback):
         if not self.new_best: return
         self.best_epoch = self.done + self.epoch
         self._save(self.fname)
-        if self.verbose: print(f'Better model found at epoch {self.best_epoch} with {self.monitor} value: {self.best:.4f}.')
+        if self.verbose and not rank_distrib(): print(f'Better model found at epoch {self.best_epoch} with {self.monitor} value: {self.best:.4f}.')
 
 def _plain(dl): "`dl` itself, or the loader a `DistributedDL` wraps (during a distributed fit)"; return getattr(dl, 'dl', dl)
 
