@@ -1,5 +1,5 @@
 "The Gradio app (`breakhis_clf.app`): served on 127.0.0.1 in a subprocess, called through `gradio_client`, exported as a Space"
-import os, socket, subprocess, sys, time, urllib.request
+import os, socket, struct, subprocess, sys, time, urllib.request, zlib
 from pathlib import Path
 
 import pytest
@@ -69,11 +69,18 @@ def test_api_predict_matches_predict(run, image, client):
     conf = {c['label']: c['confidence'] for c in res['confidences']}
     for c in load_model(run, device='cpu').classes: assert abs(conf[c] - row[f'p_{c}']) < 1e-5
 
-@pytest.mark.parametrize('kind', ['text', 'truncated'])
+def _huge_png(path, side=100_000):
+    "A PNG header announcing a `side`x`side` image (no pixel data): Pillow refuses it as a decompression bomb"
+    ihdr = struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0)
+    chunk = struct.pack('>I', len(ihdr)) + b'IHDR' + ihdr + struct.pack('>I', zlib.crc32(b'IHDR' + ihdr))
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk)
+
+@pytest.mark.parametrize('kind', ['text', 'truncated', 'huge'])
 def test_bad_upload_gives_message_and_server_keeps_serving(run, image, client, tmp_path, kind):
     bad = tmp_path/'bad.png'
     if kind == 'text': bad.write_text('not an image')
-    else: bad.write_bytes(Path(image).read_bytes()[:200])
+    elif kind == 'truncated': bad.write_bytes(Path(image).read_bytes()[:200])
+    else: _huge_png(bad)
     with pytest.raises(Exception, match='Cannot use this file'):
         client.predict(gradio_client.handle_file(str(bad)), api_name='/predict')
     res = client.predict(gradio_client.handle_file(image), api_name='/predict')
@@ -95,3 +102,51 @@ def test_export_space_refuses_non_empty_dest(run, tmp_path):
     with pytest.raises(UserError, match='refusing to overwrite'): export_space(run, tmp_path/'space')
     assert (tmp_path/'space'/'keep.txt').read_text() == 'mine'
     assert sorted(p.name for p in (tmp_path/'space').iterdir()) == ['keep.txt']
+
+# ---- in a browser: headless Chromium, skipped (saying why) when Chromium, its driver or selenium is missing ----
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    from test_docs import _chrome
+    exe, drv, why = _chrome()
+    if why: pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    os.environ.setdefault('SE_OFFLINE', 'true')  # Selenium Manager must never download a driver or browser
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = exe
+    for a in ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage',
+              '--disable-component-update', '--no-first-run', '--window-size=1280,1000',
+              f'--user-data-dir={tmp_path_factory.mktemp("chrome-profile")}']: opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(drv), options=opts)
+    driver.set_page_load_timeout(60)
+    try: yield driver
+    finally: driver.quit()
+
+def _upload_and_classify(driver, url, path):
+    "Open the app, upload `path`, click Classify"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#upload input[type=file]'))
+    driver.find_element(By.CSS_SELECTOR, '#upload input[type=file]').send_keys(str(path))
+    time.sleep(1)  # the upload reaches the server before the click
+    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, 'classify').is_enabled())
+    driver.find_element(By.ID, 'classify').click()
+
+def _text(driver, css):
+    return driver.execute_script(f"return (document.querySelector({css!r}) || {{}}).innerText || ''")
+
+def test_browser_upload_shows_label(run, image, server, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+    _upload_and_classify(browser, server, image)
+    want = _expected(run, image).predicted
+    WebDriverWait(browser, 60).until(lambda d: want in _text(d, '#probs'), message=f"no {want!r} in the label")
+    assert 'not a diagnostic device' in _text(browser, 'body')
+
+def test_browser_bad_upload_shows_message(server, browser, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+    bad = tmp_path/'notes.png'; bad.write_text('not an image')
+    _upload_and_classify(browser, server, bad)
+    WebDriverWait(browser, 60).until(lambda d: 'Cannot use this file' in _text(d, 'body'),
+                                     message='no error message in the page')
