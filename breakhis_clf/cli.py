@@ -406,7 +406,7 @@ SPLIT_COLS = ['path', 'patient_id', 'case_id', 'label', 'tumor_type', 'magnifica
 def _readable(df, log=print):
     "`df` without the images that cannot be read (each named in the log), checked before any training"
     from breakhis_clf.data import check_images, UserError
-    bad = check_images(df.path, size=None, progress=len(df) > 200)
+    bad = check_images(df.path, size=None, progress=len(df) > 200 and _is_main())
     bad = bad[~bad.problem.str.startswith('mode ')]  # other image modes (grey, RGBA, 16-bit) are converted to RGB: fine
     if bad.empty: return df
     for r in bad.head(10).itertuples(): log(f"Skipped {r.path}: {r.problem}")
@@ -491,10 +491,19 @@ def _launch(nproc:int, argv:list) -> int:
            '--mixed_precision', 'no', '--dynamo_backend', 'no', '-m', 'breakhis_clf.cli', *argv]  # --multi_gpu: torchrun, on the CPU too
     return subprocess.run(cmd, env=env).returncode
 
+def _precheck(args):
+    "Refuse, before processes are launched, the mistakes `train_run` and `resume_run` would refuse in each of them"
+    from breakhis_clf.data import UserError
+    if args.resume is not None:
+        if not (Path(args.resume).expanduser()/'config.json').exists(): raise UserError(f"{args.resume}: not a run folder (it has no config.json)")
+        return
+    _check_args(args.arch, args.target, args.magnification)
+    _check_settings(args.valid_pct, args.test_pct, size=args.size, bs=args.bs, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=args.lr)
+    if args.data is not None and not Path(args.data).expanduser().exists(): raise UserError(f"{args.data}: data folder not found")
+
 def _train_cmd(args):
     from breakhis_clf.data import UserError
     if args.nproc < 1: raise UserError(f"--nproc {args.nproc}: must be at least 1")
-    if args.nproc > 1 and _nproc() < 2: return _launch(args.nproc, args.argv)  # the launched processes see WORLD_SIZE and train
     if args.pretrained is False and args.weights: raise UserError("--weights and --no-pretrained contradict each other")
     kw = {k: getattr(args, k) for k in ['data','arch','size','bs','epochs','freeze_epochs','lr','magnification','target',
           'split','fold','valid_pct','test_pct','seed','pretrained','weights','out','num_workers','evaluate']}
@@ -502,7 +511,10 @@ def _train_cmd(args):
         dflt = vars(build_parser().parse_args(['train']))
         if given := [k for k in kw if k not in ('num_workers', 'evaluate') and kw[k] != dflt[k]]:
             raise UserError(f"--resume takes the run's own settings; do not give --{given[0].replace('_', '-')}")
-        run = resume_run(args.resume, num_workers=args.num_workers, evaluate=args.evaluate)
+    if args.nproc > 1 and _nproc() < 2:  # launch the processes, which see WORLD_SIZE and train; the usual mistakes are refused first
+        _precheck(args)
+        return _launch(args.nproc, args.argv)
+    if args.resume is not None: run = resume_run(args.resume, num_workers=args.num_workers, evaluate=args.evaluate)
     else: run = train_run(**kw)
     if _is_main(): print(f"Done: {run}")
     return 0
@@ -558,7 +570,7 @@ def main(argv=None) -> int:
         with _interruptible(): return args.func(args)  # SIGTERM stops a command like Ctrl-C: files being written are cleaned up
     except (UserError, FileNotFoundError) as e:
         if args.debug: raise
-        print(f"breakhis-clf: error: {e}", file=sys.stderr)
+        if _is_main(): print(f"breakhis-clf: error: {e}", file=sys.stderr)  # every process of a distributed run meets the same mistake
         return 2
     except RunInterrupted as e:
         print(f"breakhis-clf: {e}", file=sys.stderr)
