@@ -437,6 +437,7 @@ def resume_run(run, # a run folder whose training was interrupted (or failed)
         raise UserError(f"{len(gone)} image(s) of {run/'split.csv'} are missing, e.g. {gone[0]}: the run can only resume on its own data")
     log(f"Resuming {run} ({st['state']} after {st.get('epochs_done', 0)} of {config['freeze_epochs'] + config['epochs']} epochs) "
         "with its own settings and split.")
+    log(f"Batch size {config['bs']} per process x {max(_nproc(), 1)} process(es) = effective batch size {config['bs']*max(_nproc(), 1)}")
     _main_first(lambda: None)  # a barrier: every process has read the state before the main one writes 'running'
     return _fit_run(run, config, df, num_workers, evaluate, log, resume=True)
 
