@@ -583,4 +583,6 @@ def main(argv=None) -> int:
 
 
 # %% ../nbs/07_cli.ipynb #d41d5e41
-if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())  # `python -m breakhis_clf.cli` and `accelerate launch -m breakhis_clf.cli`
+# `python -m breakhis_clf.cli ...` (and `accelerate launch -m breakhis_clf.cli ...`) runs `main`; a notebook kernel, whose
+# `__name__` is also '__main__', has no module spec, so running this notebook does not
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'breakhis_clf.cli': sys.exit(main())
