@@ -6,9 +6,9 @@ Docs: https://breakhis-clf.github.io/breakhis-clf/app.html.md"""
 
 # %% auto #0
 __all__ = ['SAMPLE_ENV', 'THEME', 'SPACE_APP', 'example_images', 'classify', 'cam_overlay', 'caveat', 'build_app', 'launch_app',
-           'app_cmd', 'export_space']
+           'app_cmd', 'export_space', 'export_space_cmd']
 
-# %% ../nbs/08_app.ipynb #0095570f
+# %% ../nbs/08_app.ipynb #c7d72778
 import os
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # set before gradio is imported: no usage statistics are sent
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
@@ -24,7 +24,7 @@ from .data import UserError, BadImageError, load_rgb, synthetic_tile, TUMOR_TYPE
 from .inference import BreakHisModel, load_model, class_probs, model_summary, image_files
 from .interpret import cam_layer
 
-# %% ../nbs/08_app.ipynb #5a87a1ec
+# %% ../nbs/08_app.ipynb #232a3b19
 SAMPLE_ENV = 'BREAKHIS_SAMPLE'  # environment variable naming a folder of example images
 
 def example_images(dest, # folder for synthetic tiles when no sample images are found
@@ -40,7 +40,7 @@ def example_images(dest, # folder for synthetic tiles when no sample images are 
         synthetic_tile(code, size=(350, 230), rng=rng).save(f := dest/f'synthetic_{TUMOR_TYPES[code]}.png'); files.append(str(f))
     return files
 
-# %% ../nbs/08_app.ipynb #f3713053
+# %% ../nbs/08_app.ipynb #188f4179
 def _image(path) -> Image.Image:
     "The uploaded file as RGB, read exactly as `predict` reads it; a `gr.Error` saying what is wrong otherwise"
     if path is None: raise gr.Error('Upload an image first.')
@@ -54,7 +54,7 @@ def classify(model:BreakHisModel, # from `load_model`
     probs = class_probs(model, model.item(_image(path))[None])[0]
     return {c: float(p) for c,p in zip(model.classes, probs)}
 
-# %% ../nbs/08_app.ipynb #589ed754
+# %% ../nbs/08_app.ipynb #fd9427dc
 def cam_overlay(model:BreakHisModel, # from `load_model`
                 path, # an image file
                 alpha:float=0.5, # weight of the heatmap in the overlay
@@ -68,13 +68,13 @@ def cam_overlay(model:BreakHisModel, # from `load_model`
     pic = xb[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)/255
     return show_cam_on_image(pic, heat, use_rgb=True, image_weight=1-alpha)
 
-# %% ../nbs/08_app.ipynb #e6c6a188
+# %% ../nbs/08_app.ipynb #8c358167
 def caveat(model:BreakHisModel) -> str:
     "The warning shown above the app: what the model is, and that it is not a medical device"
     return ("**A teaching model, not a diagnostic device.** Do not use it for any decision about a patient. "
             f"It is {model_summary(model)}.")
 
-# %% ../nbs/08_app.ipynb #b681424d
+# %% ../nbs/08_app.ipynb #a10f67c1
 THEME = gr.themes.Default(font=['ui-sans-serif', 'system-ui', 'sans-serif'], font_mono=['ui-monospace', 'monospace'])  # system fonts: the page fetches no web fonts
 
 def _file_input(label, elem_id='upload'):
@@ -85,7 +85,7 @@ def _file_input(label, elem_id='upload'):
                                       else pre(v), img)
     return img
 
-# %% ../nbs/08_app.ipynb #1970603f
+# %% ../nbs/08_app.ipynb #1798a868
 def build_app(model_dir, # run folder holding `model.safetensors` and `model.json`
               examples=None, # example image files; default: `example_images`
              ) -> gr.Blocks:
@@ -105,7 +105,7 @@ def build_app(model_dir, # run folder holding `model.safetensors` and `model.jso
             lambda p: cam_overlay(model, p), img, cam, api_name='gradcam')
     return demo
 
-# %% ../nbs/08_app.ipynb #3be4fb9b
+# %% ../nbs/08_app.ipynb #f4ecc27a
 def launch_app(model_dir, # run folder holding the saved model
                host:str='127.0.0.1', # address to listen on ('0.0.0.0': every interface)
                port:int=7860, # port to listen on
@@ -117,11 +117,11 @@ def launch_app(model_dir, # run folder holding the saved model
     return build_app(model_dir, examples).launch(server_name=host, server_port=port, share=share, max_file_size='50mb', theme=THEME, **kwargs)
 
 def app_cmd(args:argparse.Namespace) -> int:
-    "What `breakhis-clf app` does"
+    "What `breakhis-clf app --model RUN [--host H] [--port P] [--share]` does"
     launch_app(args.model, host=args.host, port=args.port, share=args.share)
     return 0
 
-# %% ../nbs/08_app.ipynb #d45c90e9
+# %% ../nbs/08_app.ipynb #3290202c
 SPACE_APP = '''"A Hugging Face Space serving the model in this folder with the breakhis-clf course's Gradio app"
 import os
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
@@ -150,3 +150,10 @@ def export_space(run_dir, # run folder holding `model.safetensors` and `model.js
     (dest/'requirements.txt').write_text("breakhis-clf[app] @ git+https://github.com/breakhis-clf/breakhis-clf\n")
     (dest/'README.md').write_text(_space_readme(model, title), encoding='utf-8')
     return dest
+
+# %% ../nbs/08_app.ipynb #fdb7ad55
+def export_space_cmd(args:argparse.Namespace) -> int:
+    "What `breakhis-clf export-space RUN DIR` does"
+    dest = export_space(args.run, args.dest)
+    print(f"{dest}: Hugging Face Space written (app.py, requirements.txt, README.md, model/); push this folder to a new Space")
+    return 0

@@ -150,3 +150,36 @@ def test_browser_bad_upload_shows_message(server, browser, tmp_path):
     _upload_and_classify(browser, server, bad)
     WebDriverWait(browser, 60).until(lambda d: 'Cannot use this file' in _text(d, 'body'),
                                      message='no error message in the page')
+
+# ---- the command line (active once the CLI notebook adds the `app` and `export-space` subcommands) ----
+
+def _has_command(name):
+    from breakhis_clf.cli import build_parser
+    return any(name in (getattr(a, 'choices', None) or {}) for a in build_parser()._actions)
+
+@pytest.mark.skipif(not _has_command('export-space'), reason='breakhis-clf has no export-space subcommand yet')
+def test_cli_export_space(run, tmp_path, capsys):
+    from breakhis_clf.cli import main
+    assert main(['export-space', str(run), str(tmp_path/'space')]) == 0
+    assert (tmp_path/'space'/'model'/'model.safetensors').exists() and not (tmp_path/'space'/'model'/'model.pkl').exists()
+    assert main(['export-space', str(run), str(tmp_path/'space')]) == 2
+    assert 'refusing to overwrite' in capsys.readouterr().err
+
+@pytest.mark.skipif(not _has_command('app'), reason='breakhis-clf has no app subcommand yet')
+def test_cli_app_serves_predict(run, image):
+    port = _free_port()
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'NO_PROXY': '127.0.0.1,localhost'}
+    p = subprocess.Popen([sys.executable, '-m', 'breakhis_clf.cli', 'app', '--model', str(run), '--port', str(port)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f'http://127.0.0.1:{port}/'
+        for _ in range(240):
+            if p.poll() is not None: pytest.fail(f"app exited with {p.returncode}:\n{p.stdout.read()}")
+            try: urllib.request.urlopen(url, timeout=1); break
+            except OSError: time.sleep(0.5)
+        res = gradio_client.Client(url, verbose=False).predict(gradio_client.handle_file(image), api_name='/predict')
+        assert res['label'] == _expected(run, image).predicted
+    finally:
+        p.terminate()
+        try: p.wait(10)
+        except subprocess.TimeoutExpired: p.kill()
