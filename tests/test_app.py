@@ -143,6 +143,21 @@ def test_browser_upload_shows_label(run, image, server, browser):
     want = _expected(run, image).predicted
     WebDriverWait(browser, 60).until(lambda d: want in _text(d, '#probs'), message=f"no {want!r} in the label")
     assert 'not a diagnostic device' in _text(browser, 'body')
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const i = document.querySelector('#gradcam img'); return i !== null && i.complete && i.naturalWidth > 0"),
+        message='no Grad-CAM image beside the label')
+
+def test_browser_example_click_classifies(run, image, server, browser):
+    "Clicking the example (the image the server was started with) then Classify shows its predicted label"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.get(server)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.gallery-item'))
+    browser.find_elements(By.CSS_SELECTOR, '.gallery-item')[0].click()
+    time.sleep(1)
+    browser.find_element(By.ID, 'classify').click()
+    want = _expected(run, image).predicted
+    WebDriverWait(browser, 60).until(lambda d: want in _text(d, '#probs'), message=f"no {want!r} in the label")
 
 def test_browser_bad_upload_shows_message(server, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
