@@ -532,7 +532,7 @@ def _predict_cmd(args):
 
 # %% ../nbs/07_cli.ipynb #d3e379af
 def build_parser() -> argparse.ArgumentParser:
-    "The `breakhis-clf` argument parser with its `train`, `evaluate` and `predict` subcommands"
+    "The `breakhis-clf` argument parser with its `train`, `evaluate`, `predict`, `app` and `export-space` subcommands"
     p = argparse.ArgumentParser(prog='breakhis-clf', description='Classify BreakHis histopathology images with fastai.')
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     p.add_argument('--debug', action='store_true', help='show tracebacks')
@@ -555,7 +555,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--tta', action='store_true', help='test-time augmentation: average over flips and 90° rotations')
     q.add_argument('--bs', type=int, default=32, help='batch size (default: 32)')
     q.set_defaults(func=_predict_cmd)
+    a = sub.add_parser('app', help='serve a trained run in a Gradio web app (needs the `app` extra)')
+    a.add_argument('--model', required=True, help='run folder written by `train`')
+    a.add_argument('--host', default='127.0.0.1', help='address to listen on (default: 127.0.0.1, this machine only)')
+    a.add_argument('--port', type=int, default=7860, help='port to listen on (default: 7860)')
+    a.add_argument('--share', action='store_true', help="also open a temporary public link through Gradio's servers")
+    a.set_defaults(func=_app_cmd)
+    s = sub.add_parser('export-space', help='write a Hugging Face Space (app, requirements, safe model files) for a run')
+    s.add_argument('run', metavar='RUN', help='run folder written by `train`')
+    s.add_argument('dest', metavar='DIR', help='new folder for the Space (must not exist, or be empty)')
+    s.set_defaults(func=_export_space_cmd)
     return p
+
+def _app_module():
+    "`breakhis_clf.app` (taught in the next notebook), imported only when needed; a `UserError` saying how to install gradio when it is missing"
+    from breakhis_clf.data import UserError
+    try: import breakhis_clf.app as app
+    except ModuleNotFoundError as e:
+        if e.name not in ('gradio', 'gradio_client'): raise
+        raise UserError(f"the app needs {e.name}: pip install 'breakhis-clf[app]'") from None
+    return app
+
+def _app_cmd(args): return _app_module().app_cmd(args)
+def _export_space_cmd(args): return _app_module().export_space_cmd(args)
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     "Print a warning as one `breakhis-clf: warning:` line (not Python's file:line form)"
