@@ -107,19 +107,8 @@ def test_export_space_refuses_non_empty_dest(run, tmp_path):
 
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
-    from test_docs import _chrome
-    exe, drv, why = _chrome()
-    if why: pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    os.environ.setdefault('SE_OFFLINE', 'true')  # Selenium Manager must never download a driver or browser
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = exe
-    for a in ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage',
-              '--disable-component-update', '--no-first-run', '--window-size=1280,1000',
-              f'--user-data-dir={tmp_path_factory.mktemp("chrome-profile")}']: opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(drv), options=opts)
-    driver.set_page_load_timeout(60)
+    from test_docs import headless_chrome
+    driver = headless_chrome(tmp_path_factory.mktemp('chrome-profile'))
     try: yield driver
     finally: driver.quit()
 

@@ -165,8 +165,8 @@ def _chrome():
         if exe and drv and Path(drv).is_file(): return exe, drv, None
     return None, None, 'Chromium or chromedriver not installed (Debian: apt-get install chromium chromium-driver)'
 
-@pytest.fixture(scope='module')
-def browser(site, tmp_path_factory):
+def headless_chrome(profile_dir):
+    "A headless Chromium driver that never reaches the network (skips the test, saying why, when it is missing)"
     exe, drv, why = _chrome()
     if why: pytest.skip(why)
     from selenium import webdriver
@@ -176,12 +176,17 @@ def browser(site, tmp_path_factory):
     opts.binary_location = exe
     for a in ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage',
               '--disable-component-update', '--no-first-run', '--window-size=1280,1000',
-              f'--user-data-dir={tmp_path_factory.mktemp("chrome-profile")}']: opts.add_argument(a)
+              f'--user-data-dir={profile_dir}']: opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(drv), options=opts)
+    driver.set_page_load_timeout(60)
+    return driver
+
+@pytest.fixture(scope='module')
+def browser(site, tmp_path_factory):
+    driver = headless_chrome(tmp_path_factory.mktemp("chrome-profile"))
     handler = functools.partial(_QuietHandler, directory=str(site[0]))
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    driver = webdriver.Chrome(service=Service(drv), options=opts)
-    driver.set_page_load_timeout(60)
     try: yield driver, f'http://127.0.0.1:{httpd.server_address[1]}'
     finally:
         driver.quit(); httpd.shutdown(); httpd.server_close()
